@@ -80,6 +80,11 @@ CANONICAL_KEYS: dict[str, str] = {
     "precision": "training precision",
     "init_std": "pretraining: weight init standard deviation",
 }
+# Counts that must be positive integers wherever they are stated.
+POSITIVE_INT_KEYS = frozenset({"per_device_batch_size", "gradient_accumulation_steps", "num_processes", "num_machines",
+                               "effective_batch_size", "batch_tokens", "train_steps", "train_tokens", "max_seq_length",
+                               "max_prompt_length", "response_length", "total_episodes", "num_ppo_epochs",
+                               "num_mini_batches", "samples_per_prompt"})
 # Keys that never change what is trained (diff ignores them).
 COSMETIC_KEYS = frozenset({"output_dir", "exp_name", "run_name", "report_to", "with_tracking",
                            "push_to_hub", "hub_model_id", "logging_steps", "checkpointing_steps",
@@ -115,16 +120,18 @@ class Sourced(_Strict):
 
 
 class Architecture(_Strict):
-    model_type: Sourced
-    hidden_size: Sourced
-    intermediate_size: Sourced
-    num_hidden_layers: Sourced
-    num_attention_heads: Sourced
-    num_key_value_heads: Sourced
-    vocab_size: Sourced
-    rope_theta: Sourced
-    tie_word_embeddings: Sourced
-    max_position_embeddings: Sourced
+    """Model shape. A field no source states is left out (None), never guessed."""
+
+    model_type: Sourced | None = None
+    hidden_size: Sourced | None = None
+    intermediate_size: Sourced | None = None
+    num_hidden_layers: Sourced | None = None
+    num_attention_heads: Sourced | None = None
+    num_key_value_heads: Sourced | None = None
+    vocab_size: Sourced | None = None
+    rope_theta: Sourced | None = None
+    tie_word_embeddings: Sourced | None = None
+    max_position_embeddings: Sourced | None = None
     rms_norm_eps: Sourced | None = None
     hidden_act: Sourced | None = None
     head_dim: Sourced | None = None
@@ -232,9 +239,18 @@ class Stage(_Strict):
     @field_validator("hyperparameters")
     @classmethod
     def _canonical_keys(cls, value: dict[str, Sourced]) -> dict[str, Sourced]:
-        for key in value:
+        import difflib
+
+        for key, item in value.items():
             if key not in CANONICAL_KEYS:
-                raise ValueError(f"unknown hyperparameter key {key!r}")
+                guess = difflib.get_close_matches(key, CANONICAL_KEYS, n=1)
+                hint = f"; did you mean {guess[0]!r}?" if guess else ""
+                raise ValueError(f"unknown hyperparameter key {key!r}{hint}")
+            if key in POSITIVE_INT_KEYS:
+                for candidate in [item.value] + [a.value for a in item.alternatives]:
+                    if candidate is not None and (isinstance(candidate, bool) or not isinstance(candidate, int)
+                                                  or candidate <= 0):
+                        raise ValueError(f"{key} must be a positive integer, got {candidate!r}")
         return value
 
 

@@ -1,0 +1,451 @@
+"""Read commands: list, show, command, diff, lineage, audit, runs, db upgrade, validate.
+
+These import no torch (a test proves it): the runner's commands are added by
+runner.cli and import their heavy modules inside the command functions.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Optional
+
+import typer
+
+from registry.errors import ReproError, unknown
+from registry.recipes import Registry, load_recipes
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="repro: the published Tülu 3 and SmolLM2 recipes, runnable and auditable.")
+db_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Database schema.")
+app.add_typer(db_app, name="db")
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def console():
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=max(100, Console().width))
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def registry() -> Registry:
+    return load_recipes()
+
+
+# ---------------------------------------------------------------- list / show / command
+
+
+@app.command("list")
+def list_cmd(family: Optional[str] = typer.Option(None, "--family", help="tulu3 or smollm2"), as_json: bool = JsonOpt):
+    """Every recipe: name, family, size, base model, its stages in order."""
+    reg = registry()
+    families = sorted({r.family for r in reg.recipes.values()})
+    if family is not None and family not in families:
+        raise unknown("family", family, families)
+    rows = [{"name": name, "family": r.family, "size": r.size, "base_model": r.base_model, "stages": r.stage_names}
+            for name, r in reg.recipes.items() if family in (None, r.family)]
+    if as_json:
+        return emit_json(rows)
+    from rich.table import Table
+
+    table = Table(title="recipes")
+    for col in ("recipe", "family", "size", "base model", "stages"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], row["family"], row["size"], row["base_model"], " → ".join(row["stages"]))
+    console().print(table)
+
+
+def stage_document(reg: Registry, recipe_name: str, stage_name: str) -> dict[str, Any]:
+    from registry import derive
+
+    recipe = reg.recipe(recipe_name)
+    stage = reg.stage(recipe_name, stage_name)
+    doc = {"recipe": recipe_name, **reg.raw_stage(recipe_name, stage_name)}
+    doc["derived"] = derive.derived(reg.model, recipe, stage)
+    doc["conflicts"] = [k for k, v in stage.hyperparameters.items() if v.alternatives]
+    return doc
+
+
+@app.command("show")
+def show_cmd(recipe: str, stage: Optional[str] = typer.Option(None, "--stage", "-s"), as_json: bool = JsonOpt):
+    """One recipe, or one stage of it, with every recorded value and its source."""
+    reg = registry()
+    rec = reg.recipe(recipe)
+    if stage is None:
+        doc = {"recipe": recipe, **{k: v for k, v in reg.raw["recipes"][recipe].items() if k != "stages"},
+               "stages": rec.stage_names}
+        if as_json:
+            return emit_json(doc)
+        return _print_recipe(reg, recipe)
+    reg.stage(recipe, stage)
+    doc = stage_document(reg, recipe, stage)
+    if as_json:
+        return emit_json(doc)
+    _print_stage(reg, recipe, stage, doc)
+
+
+def _sourced_table(title: str, items: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col in ("key", "value", "source", "also stated"):
+        table.add_column(col, overflow="fold")
+    for key, item in items.items():
+        if item is None:
+            continue
+        alts = "; ".join(f"{fmt(a['value'])} ({a['source']})" for a in item.get("alternatives", []))
+        value = fmt(item["value"]) + ("" if item.get("release_value_known", True) else " (release value unknown)")
+        table.add_row(key, value, item["source"], alts)
+    return table
+
+
+def _print_recipe(reg: Registry, name: str) -> None:
+    raw = reg.raw["recipes"][name]
+    out = console()
+    out.print(f"[bold]{name}[/bold]  family {raw['family']}  size {raw['size']}  base {raw['base_model']}")
+    out.print("stages: " + " → ".join(s["name"] for s in raw["stages"]))
+    out.print(_sourced_table("architecture", raw["architecture"]))
+    for note in raw.get("notes", []):
+        out.print(f"[yellow]{note['kind']}[/yellow] {note['text']} ({note['source']})")
+
+
+def _print_stage(reg: Registry, recipe: str, stage: str, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = console()
+    out.print(f"[bold]{recipe}:{stage}[/bold] — {doc['summary']}")
+    out.print(_sourced_table("hyperparameters", doc["hyperparameters"]))
+    layout = {k: v for k, v in doc["layout"].items() if v is not None and k not in ("source", "note")}
+    out.print("layout: " + ", ".join(f"{k}={fmt(v)}" for k, v in layout.items()) + f"  ({doc['layout']['source']})")
+    derived = {k: v for k, v in doc["derived"].items() if v is not None}
+    out.print("derived: " + ", ".join(f"{k}={fmt(v)}" for k, v in derived.items()))
+    table = Table(title="datasets", title_justify="left")
+    for col in ("dataset", "revision", "split", "role", "weight", "semantics", "used by release", "source"):
+        table.add_column(col, overflow="fold")
+    for use in doc["datasets"]:
+        revision = reg.raw["datasets"][use["dataset"]].get("revision") or "—"
+        table.add_row(use["dataset"], revision, use["split"], use["role"], fmt(use.get("weight")),
+                      fmt(use.get("weight_semantics")), fmt(use.get("used_by_release")), use["source"])
+    out.print(table)
+    for phase in doc.get("phases", []):
+        mix = ", ".join(f"{k} {v:g}" for k, v in phase["mixture"].items())
+        out.print(f"phase {phase['name']}: tokens {phase['start_tokens']:,}–{phase['end_tokens']:,} "
+                  f"({phase['lr_phase']}): {mix}  ({phase['source']})")
+    for ref in doc["inputs"]:
+        out.print(f"input {ref['role']}: {ref['checkpoint']}  ({ref['source']})")
+    for ref in doc["outputs"]:
+        out.print(f"output: {ref['checkpoint']}  ({ref['source']})")
+    code = doc["code"]
+    out.print(f"code: {code['repository']} @ {code['commit']} {code['entry_point']}  ({code['source']})")
+    if doc.get("verifier_version"):
+        out.print(f"verifier version: {doc['verifier_version']}")
+    if doc.get("native_flags"):
+        out.print("native flags: " + " ".join(f"--{k} {fmt(v)}" for k, v in doc["native_flags"].items()))
+    if doc.get("command"):
+        out.print(f"command ({doc['command']['source']}):")
+        out.print(doc["command"]["text"], markup=False, highlight=False)
+    for note in doc.get("notes", []):
+        out.print(f"[yellow]{note['kind']}[/yellow] {note['text']} ({note['source']})")
+
+
+@app.command("command")
+def command_cmd(recipe: str, stage: str = typer.Option(..., "--stage", "-s")):
+    """The recorded launch command, verbatim as published."""
+    reg = registry()
+    st = reg.stage(recipe, stage)
+    if st.command is None:
+        raise ReproError(f"no launch command is published for {recipe}:{stage}; see `repro show {recipe} --stage {stage}`")
+    sys.stdout.write(st.command.text.rstrip("\n") + "\n")
+
+
+# ---------------------------------------------------------------- diff / audit
+
+
+def _flat_for(reg: Registry, target: str):
+    from registry.diff import flatten_plan, flatten_stage
+
+    if ":" in target:
+        recipe, stage = reg.parse_target(target)
+        return flatten_stage(reg, recipe, stage)
+    from registry.database import session_scope
+    from registry.queries import get_run
+
+    with session_scope() as session:
+        run = get_run(session, target)
+        if run is None:
+            raise ReproError(f"unknown target {target!r}: expected RECIPE:STAGE (e.g. tulu3-8b:sft) or a run id")
+        return flatten_plan(run.plan)
+
+
+@app.command("diff")
+def diff_cmd(a: str, b: str, as_json: bool = JsonOpt):
+    """Keys that differ between A and B (recipe:stage or run ids), raw and derived."""
+    from registry.diff import diff_flat
+
+    reg = registry()
+    raw_a, der_a = _flat_for(reg, a)
+    raw_b, der_b = _flat_for(reg, b)
+    raw_rows, der_rows = diff_flat(raw_a, raw_b), diff_flat(der_a, der_b)
+    if as_json:
+        return emit_json({"a": a, "b": b,
+                          "raw": [{"key": k, "a": x, "b": y} for k, x, y in raw_rows],
+                          "derived": [{"key": k, "a": x, "b": y} for k, x, y in der_rows]})
+    from rich.table import Table
+
+    table = Table(title=f"{a}  vs  {b}")
+    for col in ("key", a, b, "kind"):
+        table.add_column(col, overflow="fold")
+    for kind, rows in (("raw", raw_rows), ("derived", der_rows)):
+        for key, x, y in rows:
+            table.add_row(key, "—" if x is None else fmt(x), "—" if y is None else fmt(y), kind)
+    console().print(table)
+
+
+@app.command("audit")
+def audit_cmd(recipe: str, as_json: bool = JsonOpt):
+    """What does not add up: conflicting sources, unpublished inputs, layout arithmetic."""
+    from registry.audit import audit
+
+    reg = registry()
+    findings = audit(reg, recipe)
+    if as_json:
+        return emit_json({"recipe": recipe, "findings": [f.to_json() for f in findings]})
+    from rich.table import Table
+
+    table = Table(title=f"audit {recipe}: {len(findings)} findings")
+    for col in ("kind", "where", "finding"):
+        table.add_column(col, overflow="fold")
+    for f in findings:
+        table.add_row(f.kind, f.where, f.message)
+    console().print(table)
+
+
+# ---------------------------------------------------------------- database-backed reads
+
+
+def synced_session():
+    """A session on a database synced with recipes.json (cheap when already in sync)."""
+    from registry.database import session_scope
+    from registry.sync import sync
+
+    reg = registry()
+    scope = session_scope()
+    session = scope.__enter__()
+    try:
+        sync(session, reg)
+    except BaseException:
+        scope.__exit__(*sys.exc_info())
+        raise
+    return scope, session
+
+
+def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
+    from sqlalchemy import or_, select
+
+    from registry.db import LineageEdgeRow
+    from registry.queries import get_run, node_exists
+
+    if ":" in target and target.split(":", 1)[0] in reg.recipes:
+        recipe, stage = reg.parse_target(target)
+        return f"stage:{recipe}:{stage}"
+    if target in reg.model.checkpoints or node_exists(session, f"checkpoint:{target}"):
+        return f"checkpoint:{target}"
+    if target in reg.model.datasets:
+        prefix = f"dataset:{target}@"
+        key = session.scalar(select(LineageEdgeRow.parent).where(LineageEdgeRow.parent.like(prefix + "%")).limit(1))
+        return key or prefix
+    run = get_run(session, target)
+    if run is not None:
+        return f"run:{run.id}"
+    hub = {c.hub_id: n for n, c in reg.model.checkpoints.items() if c.hub_id}
+    if target in hub:
+        return f"checkpoint:{hub[target]}"
+    candidates = list(reg.model.checkpoints) + list(reg.model.datasets) + [
+        f"{r}:{s}" for r, rec in reg.recipes.items() for s in rec.stage_names]
+    raise unknown("lineage target", target, candidates)
+
+
+@app.command("lineage")
+def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstream", help="What consumed TARGET."),
+                verify: bool = typer.Option(False, "--verify", help="Re-hash recorded inputs and outputs."),
+                as_json: bool = JsonOpt):
+    """The graph upstream of a checkpoint, run or recipe:stage (or downstream with --downstream)."""
+    from registry.queries import lineage_tree, reachable
+
+    reg = registry()
+    scope, session = synced_session()
+    try:
+        node = resolve_node(session, reg, target)
+        tree = lineage_tree(session, node, downstream=downstream)
+        impacted = reachable(session, node, downstream=True) if downstream else []
+        problems = _verify_hashes(session, node) if verify else []
+    finally:
+        scope.__exit__(None, None, None)
+    if as_json:
+        emit_json({"target": node, "direction": "downstream" if downstream else "upstream", "tree": tree.to_json(),
+                   **({"impacted": impacted} if downstream else {}),
+                   **({"verify": problems} if verify else {})})
+    else:
+        from rich.tree import Tree
+
+        def add(branch, child) -> None:  # noqa: ANN001
+            label = child.key + (f"  [dim]({child.relation})[/dim]" if child.relation else "")
+            if child.content_hash:
+                label += f"  [dim]{child.content_hash[:12]}[/dim]"
+            sub = branch.add(label)
+            for grand in child.children:
+                add(sub, grand)
+
+        root = Tree(f"[bold]{tree.key}[/bold] ({'downstream' if downstream else 'upstream'})")
+        for child in tree.children:
+            add(root, child)
+        console().print(root)
+        for p in problems:
+            sys.stderr.write(f"{p['status']}: {p['node']} ({p['detail']})\n")
+    if any(p["status"] != "ok" for p in problems):
+        raise typer.Exit(1)
+
+
+def _verify_hashes(session, node: str) -> list[dict[str, str]]:  # noqa: ANN001
+    """Re-hash every file-backed input/output recorded with a content hash under `node`'s runs."""
+    from registry.hashing import verify_edges
+
+    return verify_edges(session, node)
+
+
+@app.command("runs")
+def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bool = JsonOpt,
+             limit: int = typer.Option(50, "--limit")):
+    """The recorded runs, newest first."""
+    import os
+    import socket
+
+    from registry.queries import as_utc, list_runs, mark_stale_runs
+
+    scope, session = synced_session()
+    try:
+        mark_stale_runs(session, socket.gethostname(), _pid_alive)
+        runs = list_runs(session, recipe=recipe, limit=limit)
+        rows = [{"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile, "status": r.status,
+                 "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
+                 "final_metrics": r.final_metrics, "deviations": r.deviations, "run_dir": r.run_dir,
+                 "error": r.error} for r in runs]
+    finally:
+        scope.__exit__(None, None, None)
+    if as_json:
+        return emit_json(rows)
+    from rich.table import Table
+
+    table = Table(title=f"runs ({len(rows)})")
+    for col in ("id", "recipe:stage", "profile", "status", "created", "final metrics", "deviations"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        metrics = ", ".join(f"{k}={fmt(v)}" for k, v in list(r["final_metrics"].items())[:3])
+        devs = ", ".join(d.get("key", "?") for d in r["deviations"][:8]) + (" …" if len(r["deviations"]) > 8 else "")
+        table.add_row(r["id"], f"{r['recipe']}:{r['stage']}", r["profile"], r["status"], r["created_at"] or "",
+                      metrics, f"{len(r['deviations'])}: {devs}" if r["deviations"] else "none")
+    console().print(table)
+    del os
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); read its state where /proc exists.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------- db / validate
+
+
+@db_app.command("upgrade")
+def db_upgrade_cmd():
+    """Bring the database schema to the current revision."""
+    from registry.database import database_url, make_engine, safe_url, upgrade
+
+    url = database_url()
+    before, after = upgrade(make_engine(url))
+    sys.stdout.write(f"{safe_url(url)}: {before or 'empty'} -> {after}\n")
+
+
+@db_app.command("sync")
+def db_sync_cmd(as_json: bool = JsonOpt):
+    """Index recipes.json into the database (idempotent; prints what changed)."""
+    scope, session = None, None
+    from registry.database import session_scope
+    from registry.sync import sync
+
+    with session_scope() as session:
+        changes = sync(session, registry())
+    if as_json:
+        return emit_json({"changes": changes})
+    sys.stdout.write(("\n".join(changes) if changes else "already in sync") + "\n")
+    del scope
+
+
+@app.command("validate")
+def validate_cmd(path: Optional[str] = typer.Argument(None, help="recipes file (default: the project's)")):
+    """Validate a recipes file: schema, references, lineage; one line per problem."""
+    reg = load_recipes(path)
+    sys.stdout.write(f"{reg.path}: ok ({len(reg.recipes)} recipes, "
+                     f"{sum(len(r.stages) for r in reg.recipes.values())} stages)\n")
+
+
+def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run a typer app with the contract's error handling: one line on stderr, exit 2 for bad input."""
+    import os
+
+    try:  # typer ≥ 0.20 vendors click as typer._click; older typer uses click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+    exit_types = tuple({typer.Exit, *(t for t in (getattr(click_errors, "Exit", None),) if t)})
+    abort_types = tuple({*(t for t in (getattr(typer, "Abort", None), getattr(click_errors, "Abort", None)) if t)})
+
+    try:
+        application(args=argv, standalone_mode=False, prog_name="repro")
+        return 0
+    except ReproError as exc:
+        if os.environ.get("REPRO_DEBUG") == "1":
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except exit_types as exc:
+        return exc.exit_code
+    except abort_types:
+        sys.stderr.write("aborted\n")
+        return 130
+    except click_errors.UsageError as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        return 2
+    except click_errors.ClickException as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        return exc.exit_code
+
+
+def main() -> None:
+    sys.exit(run_app(app))

@@ -1,0 +1,166 @@
+"""Engine, schema-version gate and migrations.
+
+SQLite (default: a file in the user's data directory) runs in WAL mode with a
+busy timeout and takes its write lock at BEGIN (IMMEDIATE), so concurrent
+writers queue instead of failing on a lock upgrade. Any SQLAlchemy URL works
+through REPRO_DATABASE_URL (PostgreSQL for teams).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.db import SCHEMA_REVISION
+from registry.errors import ReproError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup")  # oldest first; the last one is SCHEMA_REVISION
+
+
+def default_url() -> str:
+    from platformdirs import user_data_dir
+
+    data = Path(os.environ.get("REPRO_HOME") or user_data_dir("repro", appauthor=False))
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data / 'repro.db'}"
+
+
+def database_url() -> str:
+    return os.environ.get("REPRO_DATABASE_URL") or default_url()
+
+
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ReproError(f"invalid database URL {safe_url(url)!r}; expected e.g. sqlite:///path/repro.db "
+                         "or postgresql+psycopg://user@host/db") from None
+    if parsed.drivername.startswith("sqlite"):
+        engine = create_engine(parsed, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit transactions
+            # would start deferred and fail on the write-lock upgrade).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        connect_args = {"connect_timeout": 10} if parsed.drivername.startswith("postgresql") else {}
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise ReproError(f"database driver missing for {safe_url(url)!r}: {exc.name}; "
+                         "install repro[postgres]") from None
+
+
+def _alembic_config(engine_url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine_url.replace("%", "%%"))
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the schema to SCHEMA_REVISION. Returns (before, after)."""
+    from alembic import command
+
+    before = _connectable_revision(engine)
+    if before is not None and before not in KNOWN_REVISIONS:
+        raise _newer_schema(engine, before)
+    cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes upgrading at once would both try CREATE TABLE.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7311)"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return before, SCHEMA_REVISION
+
+
+def _connectable_revision(engine: Engine) -> str | None:
+    try:
+        return current_revision(engine)
+    except OperationalError as exc:
+        raise ReproError(f"cannot connect to database {safe_url(str(engine.url.render_as_string(False)))}: "
+                         f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def _newer_schema(engine: Engine, revision: str) -> ReproError:
+    return ReproError(f"database {safe_url(engine.url.render_as_string(False))} is at schema revision "
+                      f"{revision!r}, newer than this repro ({SCHEMA_REVISION}); upgrade repro")
+
+
+@lru_cache(maxsize=8)
+def _engine_for(url: str) -> Engine:
+    engine = make_engine(url)
+    revision = _connectable_revision(engine)
+    if revision is None:
+        with engine.connect() as conn:
+            empty = not inspect(conn).get_table_names()
+        if not empty:
+            raise ReproError(f"database {safe_url(url)} has tables but no schema revision; "
+                             "run `repro db upgrade` on an empty database instead")
+        upgrade(engine)  # a brand-new database is created at the current schema
+    elif revision != SCHEMA_REVISION:
+        if revision in KNOWN_REVISIONS:
+            raise ReproError(f"database {safe_url(url)} is at schema revision {revision!r}, older than "
+                             f"{SCHEMA_REVISION!r}; run `repro db upgrade`")
+        raise _newer_schema(engine, revision)
+    return engine
+
+
+def get_engine(url: str | None = None) -> Engine:
+    return _engine_for(url or database_url())
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """One transaction: committed on success, rolled back on error."""
+    engine = get_engine(url)
+    maker = sessionmaker(engine, expire_on_commit=False)
+    try:
+        with maker.begin() as session:
+            yield session
+    except (OperationalError, ProgrammingError) as exc:
+        raise ReproError(f"database error on {safe_url(url or database_url())}: {_first_line(exc)}") from None

@@ -1,0 +1,170 @@
+"""SQLAlchemy 2.0 models: the database indexes recipes.json and records runs.
+
+The schema is built only through the Alembic migrations in `migrations/`;
+a test checks that these models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints so that SQLite batch migrations can alter them later.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# The Alembic head this code expects. A test asserts it equals the migrations' head,
+# so the check at connect time needs no migration machinery (it keeps `repro list` fast).
+SCHEMA_REVISION = "0002_run_metric_lookup"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SyncState(Base):
+    """Key/value bookkeeping, e.g. the content hash of the last synced recipes file."""
+
+    __tablename__ = "sync_state"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RecipeRow(Base):
+    __tablename__ = "recipes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    family: Mapped[str] = mapped_column(String(32))
+    size: Mapped[str] = mapped_column(String(16))
+    base_model: Mapped[str] = mapped_column(String(256))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stages: Mapped[list["StageRow"]] = relationship(back_populates="recipe", cascade="all, delete-orphan",
+                                                   order_by="StageRow.position")
+
+
+class StageRow(Base):
+    __tablename__ = "stages"
+    __table_args__ = (UniqueConstraint("recipe_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recipe_id: Mapped[int] = mapped_column(ForeignKey("recipes.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    recipe: Mapped[RecipeRow] = relationship(back_populates="stages")
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    hub_id: Mapped[str | None] = mapped_column(String(256))
+    published: Mapped[bool] = mapped_column(Boolean, default=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class DatasetVersionRow(Base):
+    """A concrete version of a dataset: a hub revision, or a content hash of local files (DVC / fixtures)."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "revision", "content_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[str] = mapped_column(String(128), default="")
+    content_hash: Mapped[str] = mapped_column(String(128), default="")
+    path: Mapped[str | None] = mapped_column(Text)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CheckpointRow(Base):
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    hub_id: Mapped[str | None] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32))
+    published: Mapped[bool] = mapped_column(Boolean, default=True)
+    produced_by: Mapped[str | None] = mapped_column(String(64))  # "recipe:stage"
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    path: Mapped[str | None] = mapped_column(Text)
+    quantization: Mapped[str | None] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(64), default="")
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class PublishedMetricRow(Base):
+    __tablename__ = "published_metrics"
+    __table_args__ = (UniqueConstraint("checkpoint_id", "benchmark", "protocol_fingerprint"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True)
+    benchmark: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float] = mapped_column(Float)
+    protocol: Mapped[dict[str, Any]] = mapped_column(JSON)
+    protocol_fingerprint: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(64), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    profile: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed | interrupted
+    run_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    hostname: Mapped[str | None] = mapped_column(String(256))
+    git_sha: Mapped[str | None] = mapped_column(String(64))
+    git_dirty: Mapped[bool | None] = mapped_column(Boolean)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    deviations: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    final_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RunMetricRow(Base):
+    __tablename__ = "run_metrics"
+    # compare/plot read one metric's series of one run at a time.
+    __table_args__ = (Index("ix_run_metrics_lookup", "run_id", "kind", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float] = mapped_column(Float)
+    step: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), default="train")  # train | eval
+    protocol: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LineageEdgeRow(Base):
+    """parent -> child. Nodes are typed keys: checkpoint:NAME, dataset:NAME@REV, code:REPO@COMMIT,
+    stage:RECIPE:STAGE, run:ID."""
+
+    __tablename__ = "lineage_edges"
+    __table_args__ = (UniqueConstraint("parent", "child", "relation"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent: Mapped[str] = mapped_column(String(512), index=True)
+    child: Mapped[str] = mapped_column(String(512), index=True)
+    relation: Mapped[str] = mapped_column(String(32))
+    origin: Mapped[str] = mapped_column(String(16), default="recipe")  # recipe | run
+    content_hash: Mapped[str | None] = mapped_column(String(128))  # DVC/file hash recorded at the time
+    note: Mapped[str | None] = mapped_column(Text)

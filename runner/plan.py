@@ -1,0 +1,305 @@
+"""Resolve a registry stage into a run plan: model, tokenizer, template, data, hyperparameters, layout.
+
+The plan is plain JSON (it goes into run.json and is what `--dry-run` prints).
+Hyperparameters start as recorded; the smoke profile and `--set` overrides are
+applied on top, and every value that ends up different from the recording is
+listed in `deviations` with its reason. Never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry import derive
+from registry.errors import ReproError, nearest
+from registry.recipes import Registry
+from registry.schema import CANONICAL_KEYS, POSITIVE_INT_KEYS, Recipe, Stage
+from runner import smoke
+
+PROFILES = ("smoke", "recorded")
+CHAT_TEMPLATE_DEFAULT = {"tulu3": "tulu", "smollm2": "chatml"}
+
+
+@dataclass
+class Deviation:
+    key: str
+    recorded: Any
+    value: Any
+    reason: str
+
+
+@dataclass
+class RunPlan:
+    recipe: str
+    stage: str
+    family: str
+    profile: str
+    hyperparameters: dict[str, Any]
+    recorded: dict[str, Any]
+    model: dict[str, Any]
+    tokenizer: dict[str, Any]
+    chat_template: str | None
+    datasets: list[dict[str, Any]]
+    heldout: dict[str, Any] | None
+    phases: list[dict[str, Any]]
+    inputs: dict[str, dict[str, Any]]
+    layout: dict[str, Any]
+    derived: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    deviations: list[dict[str, Any]] = field(default_factory=list)
+
+    def hp(self, key: str, default: Any = None) -> Any:
+        value = self.hyperparameters.get(key)
+        return default if value is None else value
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunPlan":
+        return cls(**data)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE`: canonical keys only; VALUE parsed as JSON where it parses, else a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ReproError(f"invalid --set {pair!r}: expected KEY=VALUE (e.g. --set learning_rate=1e-3)")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if key not in CANONICAL_KEYS:
+            guess = nearest(key, CANONICAL_KEYS)
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            raise ReproError(f"invalid --set {key!r}: not a canonical hyperparameter key{hint}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key in POSITIVE_INT_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ReproError(f"invalid --set {key}={raw}: must be a positive integer")
+        if key in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "adam_epsilon",
+                   "dpo_beta", "kl_beta", "temperature", "label_smoothing") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ReproError(f"invalid --set {key}={raw}: must be a non-negative number")
+        out[key] = value
+    return out
+
+
+def _arch(recipe: Recipe) -> dict[str, Any]:
+    return {k: v.value for k, v in recipe.architecture if v is not None and v.value is not None}
+
+
+def _effective(hps: dict[str, Any], stage: str) -> int | None:
+    if stage in ("rlvr", "pretrain"):
+        return hps.get("effective_batch_size")
+    pd, ga, n = (hps.get(k) for k in ("per_device_batch_size", "gradient_accumulation_steps", "num_processes"))
+    return pd * ga * n if all(isinstance(x, int) for x in (pd, ga, n)) else hps.get("effective_batch_size")
+
+
+def resolve(registry: Registry, recipe_name: str, stage_name: str, profile: str = "smoke",
+            sets: dict[str, Any] | None = None, inputs: dict[str, dict[str, Any]] | None = None) -> RunPlan:
+    if profile not in PROFILES:
+        guess = nearest(profile, PROFILES)
+        raise ReproError(f"unknown profile {profile!r}" + (f"; did you mean {guess!r}?" if guess else "")
+                         + f" (valid: {', '.join(PROFILES)})")
+    recipe = registry.recipe(recipe_name)
+    stage = registry.stage(recipe_name, stage_name)
+    recorded = {k: v.value for k, v in stage.hyperparameters.items()}
+    hps = dict(recorded)
+    deviations: list[Deviation] = []
+
+    def override(key: str, value: Any, reason: str) -> None:
+        before = recorded.get(key)
+        hps[key] = value
+        if before != value:
+            deviations.append(Deviation(key, before, value, reason))
+
+    family = recipe.family
+    if profile == "smoke":
+        for key, (value, reason) in smoke.OVERRIDES.get((family, stage_name), {}).items():
+            override(key, value, reason)
+        _smoke_stage_specific(stage, hps, recorded, override)
+    for key, value in (sets or {}).items():
+        override(key, value, "--set on the command line")
+
+    effective = _effective(hps, stage_name)
+    if effective is not None and stage_name not in ("rlvr", "pretrain"):
+        override("effective_batch_size", effective, "per_device × accumulation × processes after the changes above")
+    if stage_name == "pretrain":
+        seqs = hps.get("per_device_batch_size", 1) * hps.get("num_processes", 1) * hps.get("gradient_accumulation_steps", 1)
+        override("effective_batch_size", seqs, "sequences per step after the changes above")
+        override("batch_tokens", seqs * hps["max_seq_length"], "tokens per step after the changes above")
+        override("train_tokens", seqs * hps["max_seq_length"] * hps["train_steps"], "tokens in the miniature run")
+
+    chat_template = hps.get("chat_template") or (CHAT_TEMPLATE_DEFAULT[family] if stage_name != "pretrain" else None)
+    model, tokenizer = _model_plan(recipe, profile, deviations)
+    datasets, heldout, phases = _data_plan(registry, recipe, stage, profile, hps, deviations)
+    layout = stage.layout.model_dump(exclude_none=True)
+    if profile == "smoke":
+        layout.update({"gpus": 0, "nodes": 1, "launcher": "local", "device": "cpu"})
+        deviations.append(Deviation("precision", recorded.get("precision", "bf16"), "fp32",
+                                    "CPU miniature runs in float32 so that reruns are bit-exact"))
+    plan = RunPlan(
+        recipe=recipe_name, stage=stage_name, family=family, profile=profile, hyperparameters=hps,
+        recorded=recorded, model=model, tokenizer=tokenizer, chat_template=chat_template, datasets=datasets,
+        heldout=heldout, phases=phases, inputs=inputs or {}, layout=layout,
+        derived=derive.derived(registry.model, recipe, stage),
+        extra={"verifier_version": stage.verifier_version, "code": stage.code.model_dump(),
+               "reference_mode": _reference_mode(stage)},
+    )
+    plan.deviations = [asdict(d) for d in deviations]
+    return plan
+
+
+def _reference_mode(stage: Stage) -> str | None:
+    if stage.name != "dpo":
+        return None
+    entry = stage.code.entry_point
+    # open-instruct's dpo_tune_cache.py precomputes reference log-probs; dpo_tune.py and TRL keep a live copy.
+    return "cached" if "cache" in entry else "live"
+
+
+def _smoke_stage_specific(stage: Stage, hps: dict[str, Any], recorded: dict[str, Any], override) -> None:  # noqa: ANN001
+    if stage.name == "pretrain":
+        steps = hps["train_steps"]
+        fraction = recorded.get("decay_fraction")
+        if fraction is None and recorded.get("decay_steps") and recorded.get("train_steps"):
+            fraction = recorded["decay_steps"] / recorded["train_steps"]
+        decay = round(steps * fraction)
+        override("decay_steps", decay, "same decay fraction of the miniature run")
+        override("decay_start_step", steps - decay, "decay over the last fraction of the miniature run")
+    if stage.name == "rlvr":
+        episodes = hps["total_episodes"]
+        prompts = 16
+        override("effective_batch_size", prompts, "16 prompts per PPO step (rollout batch) on one process")
+        override("num_processes", 1, smoke.ONE_PROCESS)
+        override("gradient_accumulation_steps", prompts // hps["per_device_batch_size"],
+                 "local mini-batch of 16 in micro-batches of per_device_batch_size")
+        del episodes
+
+
+def _model_plan(recipe: Recipe, profile: str, deviations: list[Deviation]) -> tuple[dict, dict]:
+    arch = _arch(recipe)
+    if profile == "recorded":
+        return {"kind": "recorded", "architecture": arch}, {"kind": "hub", "name": recipe.base_model}
+    from runner.models import ArchitectureSpec
+
+    missing = [k for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+               if k not in arch]
+    if missing:
+        raise ReproError(f"{recipe.family} architecture lacks {', '.join(missing)} in recipes.json; "
+                         "a faithful miniature needs them")
+    arch.setdefault("intermediate_size", arch["hidden_size"] * 4)
+    arch.setdefault("rms_norm_eps", 1e-5)
+    arch.setdefault("max_position_embeddings", 2048)
+    arch.setdefault("vocab_size", 32000)
+    arch.setdefault("rope_theta", 10000.0)
+    arch.setdefault("tie_word_embeddings", False)
+    spec = ArchitectureSpec.from_mapping(arch)
+    model = {"kind": "miniature", "recorded_architecture": arch, "spec": asdict(spec),
+             "hidden_size": smoke.MINIATURE["hidden_size"], "num_layers": smoke.MINIATURE["num_layers"]}
+    tok_kind = "tulu" if recipe.family == "tulu3" else "smollm2"
+    tokenizer = {"kind": "fixture-bpe", "family": tok_kind, "vocab_size": smoke.TOKENIZER_VOCAB}
+    deviations.append(Deviation("tokenizer", f"{recipe.base_model} tokenizer ({arch.get('vocab_size')} tokens)",
+                                f"byte-level BPE trained on the fixtures ({smoke.TOKENIZER_VOCAB} tokens), same "
+                                "special tokens", "tests and smoke runs are offline; a tiny vocabulary keeps the "
+                                "miniature small"))
+    return model, tokenizer
+
+
+def _data_plan(registry: Registry, recipe: Recipe, stage: Stage, profile: str, hps: dict[str, Any],
+               deviations: list[Deviation]) -> tuple[list[dict], dict | None, list[dict]]:
+    datasets: list[dict[str, Any]] = []
+    for use in stage.datasets:
+        if use.used_by_release is False:
+            continue
+        entry = {"dataset": use.dataset, "split": use.split, "role": use.role, "weight": use.weight,
+                 "weight_semantics": use.weight_semantics, "revision": registry.model.datasets[use.dataset].revision}
+        if profile == "smoke":
+            fixture = smoke.FIXTURE_FOR.get(use.dataset)
+            if fixture is None:
+                if use.role == "eval":
+                    continue
+                # Internal (unpublished) sets the recorded run used have no fixture; the public mixture stands in.
+                continue
+            entry.update({"path": str(smoke.FIXTURES / fixture[0]), "schema": fixture[1]})
+        datasets.append(entry)
+    if profile == "smoke":
+        train = [d for d in datasets if d["role"] == "train"]
+        if not train and stage.name != "pretrain":
+            # Stages whose recorded data are all internal (e.g. the RM's DOC-v1 sets) train on the public mixture.
+            for use in stage.datasets:
+                fixture = smoke.FIXTURE_FOR.get(use.dataset)
+                if fixture and use.role == "train":
+                    train.append({"dataset": use.dataset, "split": use.split, "role": "train", "weight": "1.0",
+                                  "weight_semantics": "fraction", "revision": None,
+                                  "path": str(smoke.FIXTURES / fixture[0]), "schema": fixture[1]})
+                    break
+        seen = set()
+        unique = []
+        for d in train:
+            if d["path"] not in seen:
+                unique.append(d)
+                seen.add(d["path"])
+        datasets = unique + [d for d in datasets if d["role"] != "train"]
+        names = sorted({d["dataset"] for d in datasets if d["role"] == "train"})
+        deviations.append(Deviation("datasets", [u.dataset for u in stage.datasets if u.role == "train"],
+                                    [Path(d["path"]).relative_to(smoke.ROOT).as_posix() for d in unique],
+                                    f"fixtures in the real schema of {', '.join(names) or 'the recorded data'}; "
+                                    "small and learnable"))
+    heldout = None
+    if profile == "smoke" and (recipe.family, stage.name) in smoke.HELDOUT_FOR:
+        path, schema = smoke.HELDOUT_FOR[(recipe.family, stage.name)]
+        heldout = {"path": str(smoke.FIXTURES / path), "schema": schema}
+    phases = [p.model_dump() for p in stage.phases]
+    if stage.name == "pretrain" and profile == "smoke":
+        phases = _smoke_phases(stage, hps)
+        deviations.append(Deviation("phases", [f"{p.name}@{p.start_tokens}" for p in stage.phases] or "single stage",
+                                    [f"{p['name']}@{p['start_tokens']}" for p in phases],
+                                    "same proportions of the miniature's own total tokens"))
+    return datasets, heldout, phases
+
+
+def _smoke_phases(stage: Stage, hps: dict[str, Any]) -> list[dict[str, Any]]:
+    total = hps["train_tokens"] if "train_tokens" in hps else None
+    total = hps["effective_batch_size"] * hps["max_seq_length"] * hps["train_steps"] if total is None else total
+    if not stage.phases:
+        # 135M/360M: single-stage training; the exact mixture is unpublished, so the fixture components mix evenly.
+        return [{"name": "single-stage", "start_tokens": 0, "end_tokens": total, "lr_phase": "warmup-stable",
+                 "mixture": {"web": 0.5, "code": 0.2, "math": 0.2, "cosmopedia": 0.1},
+                 "source": "fixture mixture (the recorded mixture is unpublished)"}]
+    recorded_total = stage.phases[-1].end_tokens
+    out = []
+    for p in stage.phases:
+        out.append({"name": p.name, "start_tokens": round(total * p.start_tokens / recorded_total),
+                    "end_tokens": round(total * p.end_tokens / recorded_total), "lr_phase": p.lr_phase,
+                    "mixture": _fixture_mixture(p.mixture), "recorded_mixture": p.mixture, "source": p.source})
+    return out
+
+
+def _fixture_mixture(mixture: dict[str, float]) -> dict[str, float]:
+    """Map the recorded components (FineWeb-Edu, DCLM, StarCoderData, ...) onto the fixture components."""
+    buckets = {c: 0.0 for c in smoke.PRETRAIN_COMPONENTS}
+    for name, share in mixture.items():
+        low = name.lower()
+        if any(k in low for k in ("code", "stack", "starcoder", "jupyter")):
+            buckets["code"] += share
+        elif any(k in low for k in ("math", "owm", "infi", "gsm")):
+            buckets["math"] += share
+        elif "cosmo" in low:
+            buckets["cosmopedia"] += share
+        elif any(k in low for k in ("long", "book")):
+            buckets["long"] += share
+        else:
+            buckets["web"] += share
+    total = sum(buckets.values()) or 1.0
+    return {k: round(v / total, 6) for k, v in buckets.items() if v > 0}
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("REPRO_RUNS_DIR", "runs")).resolve()

@@ -1,0 +1,222 @@
+"""Run records: the run directory, run.json, the database row, lineage edges and artifact hashes.
+
+run.json holds everything the database knows about a run (plan, deviations,
+code version, packages, hardware, seeds, per-step metrics, final metrics,
+artifact hashes), so the database can be rebuilt from the run directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from registry.database import session_scope
+from registry.db import RunRow, utcnow
+from registry.hashing import dvc_hash, edge_note
+from registry.queries import add_run, add_run_metrics, register_run_checkpoint, update_run
+from runner.plan import RunPlan, runs_root
+
+PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "datasets", "deepspeed", "sqlalchemy", "pydantic",
+            "trl", "vllm", "ray", "dvc")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_version() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"repository": "repro", "git_sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"hostname": socket.gethostname(), "platform": platform.platform(),
+                            "python": sys.version.split()[0], "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+def new_run_id(recipe: str, stage: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{recipe}-{stage}-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class RunRecord:
+    """The live record of one run. `save()` rewrites run.json atomically."""
+
+    run_id: str
+    run_dir: Path
+    plan: RunPlan
+    status: str = "running"
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    started_at: str = field(default_factory=lambda: utcnow().isoformat(timespec="seconds"))
+    finished_at: str | None = None
+    error: str | None = None
+    code: dict[str, Any] = field(default_factory=code_version)
+    packages: dict[str, str] = field(default_factory=package_versions)
+    hw: dict[str, Any] = field(default_factory=hardware)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoint"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "state"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "recipe": self.plan.recipe, "stage": self.plan.stage,
+            "profile": self.plan.profile, "status": self.status, "started_at": self.started_at,
+            "finished_at": self.finished_at, "error": self.error, "plan": self.plan.to_json(),
+            "deviations": self.plan.deviations, "code": self.code, "packages": self.packages, "hardware": self.hw,
+            "seed": self.plan.hp("seed"), "inputs": self.inputs, "steps": self.steps,
+            "final_metrics": self.final_metrics, "artifacts": self.artifacts, "events": self.events,
+        }
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
+        os.replace(tmp, self.run_dir / "run.json")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunRecord":
+        data = json.loads((run_dir / "run.json").read_text())
+        record = cls(run_id=data["run_id"], run_dir=run_dir, plan=RunPlan.from_json(data["plan"]),
+                     status=data["status"], steps=data["steps"], final_metrics=data["final_metrics"],
+                     artifacts=data["artifacts"], inputs=data["inputs"], events=data.get("events", []),
+                     started_at=data["started_at"], finished_at=data.get("finished_at"), error=data.get("error"))
+        record.code, record.packages, record.hw = data["code"], data["packages"], data["hardware"]
+        return record
+
+
+def lineage_for(record: RunRecord) -> list[tuple[str, str, str, str | None, str | None]]:
+    """(parent, child, relation, content_hash, file path) edges of a run."""
+    node = f"run:{record.run_id}"
+    plan = record.plan
+    edges: list[tuple[str, str, str, str | None, str | None]] = [
+        (f"stage:{plan.recipe}:{plan.stage}", node, "executes", None, None)]
+    code = record.code
+    edges.append((f"code:repro@{code.get('git_sha') or 'unknown'}", node, "code", None, None))
+    for role, ref in record.inputs.items():
+        parent = f"run:{ref['run_id']}" if ref.get("run_id") else f"checkpoint:{ref['checkpoint']}"
+        relation = role + (" (substituted)" if ref.get("substituted") else "")
+        edges.append((parent, node, relation, ref.get("content_hash"), ref.get("path")))
+    for ds in plan.datasets + ([plan.heldout] if plan.heldout else []):
+        if ds and ds.get("path"):
+            digest = dvc_hash(ds["path"])
+            name = ds.get("dataset") or Path(ds["path"]).name
+            relation = ds.get("role", "eval")
+            edges.append((f"dataset:{name}@md5:{digest[:12]}", node, relation, digest, ds["path"]))
+    return edges
+
+
+def start_run(plan: RunPlan, inputs: dict[str, Any], output_dir: Path | None = None) -> RunRecord:
+    run_id = new_run_id(plan.recipe, plan.stage)
+    run_dir = output_dir.resolve() if output_dir else runs_root() / run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        import shutil
+
+        shutil.rmtree(run_dir)  # an explicit --output-dir is owned by this run (DVC outs are rebuilt)
+    record = RunRecord(run_id=run_id, run_dir=run_dir, plan=plan, inputs=inputs)
+    record.save()
+    row = RunRow(id=run_id, recipe=plan.recipe, stage=plan.stage, profile=plan.profile, status="running",
+                 run_dir=str(run_dir), pid=os.getpid(), hostname=socket.gethostname(),
+                 git_sha=record.code.get("git_sha"), git_dirty=record.code.get("dirty"), plan=plan.to_json(),
+                 deviations=plan.deviations, final_metrics={}, heartbeat_at=utcnow())
+    with session_scope() as session:
+        add_run(session, row, [])
+        _add_edges(session, lineage_for(record))
+    return record
+
+
+def _add_edges(session, edges) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from registry.db import LineageEdgeRow
+
+    for parent, child, relation, digest, path in edges:
+        exists = session.scalar(select(LineageEdgeRow).where(LineageEdgeRow.parent == parent,
+                                                            LineageEdgeRow.child == child,
+                                                            LineageEdgeRow.relation == relation))
+        if exists is None:
+            session.add(LineageEdgeRow(parent=parent, child=child, relation=relation, origin="run",
+                                       content_hash=digest, note=edge_note(path) if path else None))
+
+
+def resume_run(record: RunRecord) -> None:
+    record.status = "running"
+    record.error = None
+    record.events.append({"event": "resumed", "at": utcnow().isoformat(timespec="seconds"),
+                          "from_step": len(record.steps)})
+    record.save()
+    with session_scope() as session:
+        update_run(session, record.run_id, status="running", pid=os.getpid(), hostname=socket.gethostname(),
+                   heartbeat_at=utcnow(), error=None, finished_at=None)
+
+
+def heartbeat(record: RunRecord) -> None:
+    record.save()
+    with session_scope() as session:
+        update_run(session, record.run_id, heartbeat_at=utcnow())
+
+
+def finish_run(record: RunRecord, status: str, error: str | None = None) -> None:
+    record.status, record.error = status, error
+    record.finished_at = utcnow().isoformat(timespec="seconds")
+    if status == "succeeded" and record.checkpoint_dir.exists():
+        record.artifacts["checkpoint"] = dvc_hash(record.checkpoint_dir)
+    record.save()
+    with session_scope() as session:
+        update_run(session, record.run_id, status=status, error=error, finished_at=utcnow(),
+                   final_metrics=record.final_metrics, heartbeat_at=utcnow())
+        add_run_metrics(session, record.run_id, [
+            {"name": name, "value": value, "step": step.get("step"), "kind": "train"}
+            for step in record.steps for name, value in step.items()
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)])
+        add_run_metrics(session, record.run_id, [
+            {"name": name, "value": value, "kind": "final"} for name, value in record.final_metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)])
+        if status == "succeeded" and "checkpoint" in record.artifacts:
+            name = f"run:{record.run_id}"
+            register_run_checkpoint(session, record.run_id, name, str(record.checkpoint_dir), record.plan.stage,
+                                    record.artifacts["checkpoint"])
+            _add_edges(session, [(f"run:{record.run_id}", f"checkpoint:{name}", "output",
+                                  record.artifacts["checkpoint"], str(record.checkpoint_dir))])

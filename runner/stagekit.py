@@ -1,0 +1,234 @@
+"""What every stage needs: tokenizer, model, data, checkpoint writing, progress.
+
+Stages stay readable top to bottom by calling these helpers; nothing here
+knows about a particular loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from registry.errors import ReproError
+from runner import smoke
+from runner.plan import RunPlan
+from runner.records import RunRecord
+
+
+@dataclass
+class StageContext:
+    plan: RunPlan
+    record: RunRecord
+    resume: bool = False
+    accelerator: Any = None
+    progress: Callable[[dict[str, Any]], None] | None = None
+    max_updates: int | None = None
+    log_dir: Path | None = None  # tensorboard, when asked
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.accelerator is None else self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return 1 if self.accelerator is None else self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def set_determinism(seed: int) -> None:
+    # Same thread count on every run: float reductions depend on it, and golden curves must match bit for bit.
+    torch.set_num_threads(int(os.environ.get("REPRO_TORCH_THREADS", "1")))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def chat_template_jinja(name: str) -> str:
+    from runner.data import templates
+
+    return {"tulu": templates.TULU_JINJA, "chatml": templates.CHATML_SMOLLM2_JINJA}[name]
+
+
+def fixture_tokenizer(plan: RunPlan):  # noqa: ANN201
+    from runner.data.tokenizer import build_tokenizer, fixture_corpus
+
+    kind = plan.tokenizer["family"]
+    tok = build_tokenizer(kind, fixture_corpus(kind), vocab_size=plan.tokenizer["vocab_size"])
+    if plan.chat_template:
+        tok.chat_template = chat_template_jinja(plan.chat_template)
+    return tok
+
+
+def load_tokenizer(path: Path, plan: RunPlan):  # noqa: ANN201
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if plan.chat_template and plan.family == "tulu3":
+        tok.chat_template = chat_template_jinja(plan.chat_template)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ---------------------------------------------------------------- models
+
+
+def miniature_config(plan: RunPlan, tokenizer):  # noqa: ANN001, ANN201
+    from runner.models import ArchitectureSpec, miniature
+
+    spec = ArchitectureSpec(**plan.model["spec"])
+    vocab = len(tokenizer)
+    if plan.family == "tulu3":
+        vocab = (vocab + 7) // 8 * 8  # finetune.py resizes embeddings with pad_to_multiple_of=8
+    config, deviations = miniature(spec, vocab, hidden_size=plan.model["hidden_size"],
+                                   num_layers=plan.model["num_layers"], bos_token_id=tokenizer.bos_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return config, deviations
+
+
+def record_model_deviations(plan: RunPlan, deviations: list[dict[str, Any]]) -> None:
+    known = {d["key"] for d in plan.deviations}
+    for d in deviations:
+        key = f"model.{d['key']}"
+        if key not in known:
+            plan.deviations.append({"key": key, "recorded": d["recorded"], "value": d["miniature"],
+                                    "reason": d["reason"]})
+
+
+def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):  # noqa: ANN001, ANN201
+    from runner.models import build_model
+
+    config, deviations = miniature_config(plan, tokenizer)
+    record_model_deviations(plan, deviations)
+    plan.deviations.append({"key": "init", "recorded": plan.inputs.get("init", {}).get("checkpoint"),
+                            "value": "random miniature init", "reason": reason})
+    return build_model(config, seed=plan.hp("seed", 0))
+
+
+def load_causal_lm(path: Path):  # noqa: ANN201
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    _no_dropout(model)
+    return model
+
+
+def _no_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if hasattr(model.config, "attention_dropout"):
+        model.config.attention_dropout = 0.0
+
+
+def input_path(plan: RunPlan, role: str) -> Path | None:
+    ref = plan.inputs.get(role)
+    return Path(ref["path"]) if ref and ref.get("path") else None
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    from runner.data.fixtures import load_fixture
+
+    return load_fixture(entry["path"], entry["schema"])
+
+
+def train_rows(plan: RunPlan) -> list[dict[str, Any]]:
+    """Rows of the training mixture, mixed with the recorded code's semantics."""
+    from runner.data import mixer
+
+    train = [d for d in plan.datasets if d["role"] == "train"]
+    if not train:
+        raise ReproError(f"{plan.recipe}:{plan.stage} has no training data in its plan")
+    by_name = {d["dataset"]: d for d in train}
+    if plan.family == "tulu3" and plan.stage in ("sft", "dpo"):
+        pairs = [(d["dataset"], d["weight"] or "1.0") for d in train]
+        return mixer.mix_release_list(pairs, lambda name: load_rows(by_name[name]), seed=42)
+    rows: list[dict[str, Any]] = []
+    for d in train:
+        rows += load_rows(d)
+    return rows
+
+
+def conversation(row: dict[str, Any], side: str | None = None) -> list[dict[str, str]]:
+    """The message list of a row; ultrafeedback rows keep the prompt inside chosen/rejected already."""
+    return row[side] if side else row["messages"]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(ctx: StageContext, model, tokenizer, *, datasets: list[str], base_model: str | None,
+                    notes: str = "") -> Path:  # noqa: ANN001
+    """HF-format checkpoint (safetensors + config + tokenizer) with a model card naming its lineage."""
+    out = ctx.record.checkpoint_dir
+    if not ctx.is_main:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    unwrapped = ctx.accelerator.unwrap_model(model) if ctx.accelerator is not None else model
+    unwrapped.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    plan = ctx.plan
+    card = [
+        "---",
+        f"base_model: {base_model or 'none (random miniature init)'}",
+        "datasets:",
+        *[f"- {d}" for d in datasets],
+        "tags:",
+        "- repro",
+        f"- {plan.recipe}",
+        f"- {plan.stage}",
+        "---",
+        "",
+        f"# {plan.recipe}:{plan.stage} ({plan.profile} profile)",
+        "",
+        f"Produced by `repro run {plan.recipe} --stage {plan.stage} --profile {plan.profile}` (run "
+        f"`{ctx.record.run_id}`). Recipe: the published {plan.recipe} {plan.stage} stage; code pin "
+        f"{plan.extra.get('code', {}).get('repository')}@{str(plan.extra.get('code', {}).get('commit'))[:12]}.",
+        "",
+        f"Deviations from the recording ({len(plan.deviations)}): see run.json.",
+        "",
+        notes,
+    ]
+    (out / "README.md").write_text("\n".join(card) + "\n")
+    return out
+
+
+def write_metrics_file(ctx: StageContext) -> None:
+    """metrics.json beside run.json (DVC metrics) and steps.tsv (DVC plots)."""
+    if not ctx.is_main:
+        return
+    run_dir = ctx.record.run_dir
+    (run_dir / "metrics.json").write_text(json.dumps(ctx.record.final_metrics, indent=2, sort_keys=True) + "\n")
+    keys: list[str] = []
+    for step in ctx.record.steps:
+        keys += [k for k in step if k not in keys and isinstance(step[k], (int, float))]
+    lines = ["\t".join(keys)]
+    for step in ctx.record.steps:
+        lines.append("\t".join("" if step.get(k) is None else f"{step[k]:.8g}" for k in keys))
+    (run_dir / "steps.tsv").write_text("\n".join(lines) + "\n")
+
+
+def tensorboard_writer(ctx: StageContext):  # noqa: ANN201
+    if ctx.log_dir is None or not ctx.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(ctx.log_dir))
+
+
+def fixture_path_rel(path: str) -> str:
+    return Path(path).resolve().relative_to(smoke.ROOT).as_posix() if path.startswith(str(smoke.ROOT)) else path

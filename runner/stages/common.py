@@ -1,0 +1,96 @@
+"""The loop wiring the supervised stages share: optimizer settings, schedule, data order, resume."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from runner import schedules
+from runner.stagekit import StageContext, tensorboard_writer
+from runner.trainer import LoopConfig, Trainer, epoch_order, micro_batches, run_updates, updates_for
+from runner.records import heartbeat
+
+
+def warmup_convention(plan) -> str:  # noqa: ANN001
+    # open-instruct floors int(T·ratio); the HF Trainer (TRL / alignment-handbook) ceils.
+    return "open-instruct" if plan.family == "tulu3" else "hf-trainer"
+
+
+def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int | None = None) -> LoopConfig:
+    plan = ctx.plan
+    pd = plan.hp("per_device_batch_size", 1)
+    ga = plan.hp("gradient_accumulation_steps", 1)
+    if total_updates is None:
+        total_updates = updates_for(num_examples, pd, ga, ctx.world, int(plan.hp("epochs", 1)))
+    stop_after = None
+    if ctx.max_updates is not None and ctx.max_updates < total_updates:
+        stop_after = ctx.max_updates
+        plan.deviations.append({"key": "optimizer_steps", "recorded": total_updates, "value": stop_after,
+                                "reason": "--max-steps on the command line (the schedule keeps its full length)"})
+    # With accelerate, open-instruct's prepared scheduler steps once per process per update over a
+    # schedule sized from the un-sharded data (semantics.md quirk 5); one process reduces to the plain case.
+    steps_per_update = ctx.world if plan.family == "tulu3" else 1
+    warmup = plan.hp("warmup_steps")
+    if warmup is None:
+        warmup = schedules.warmup_steps_for(total_updates * steps_per_update, plan.hp("warmup_ratio", 0.0),
+                                            warmup_convention(plan))
+    wsd = {}
+    if plan.hp("lr_scheduler") == "wsd":
+        wsd = {"peak": plan.hp("learning_rate"), "min_lr": plan.hp("min_learning_rate", 0.0),
+               "decay_start": plan.hp("decay_start_step"), "decay_steps": plan.hp("decay_steps"),
+               "decay_style": plan.hp("decay_style", "linear")}
+    return LoopConfig(
+        per_device=pd, accumulation=ga, learning_rate=plan.hp("learning_rate"), total_updates=total_updates,
+        scheduler=plan.hp("lr_scheduler", "linear"), warmup_steps=warmup, seed=plan.hp("seed", 0),
+        weight_decay=plan.hp("weight_decay", 0.0),
+        betas=(plan.hp("adam_beta1", 0.9), plan.hp("adam_beta2", 0.999)), eps=plan.hp("adam_epsilon", 1e-8),
+        max_grad_norm=plan.hp("max_grad_norm", 1.0), wsd=wsd, steps_per_update=steps_per_update,
+        stop_after=stop_after,
+    )
+
+
+def build_trainer(ctx: StageContext, modules: dict[str, Any], params: list, num_examples: int | None,
+                  total_updates: int | None = None) -> tuple[Trainer, int]:
+    cfg = loop_config(ctx, num_examples, total_updates)
+    wrapped = None
+    if ctx.accelerator is not None:
+        wrapped = ctx.accelerator.prepare(modules["model"])
+    trainer = Trainer(params, cfg, ctx.record.state_dir, modules, accelerator=ctx.accelerator, wrapped=wrapped)
+    return trainer, cfg.run_updates
+
+
+def run_loop(ctx: StageContext, trainer: Trainer, examples: list[Any], loss_fn: Callable,
+             epochs: int | None = None) -> None:
+    """Run (or resume) the updates; steps go to the run record as they happen."""
+    plan = ctx.plan
+    cfg = trainer.config
+    epochs = int(epochs or plan.hp("epochs", 1))
+    order = epoch_order(len(examples), cfg.seed, epochs)
+
+    def batches_for(update: int) -> list[list[Any]]:
+        return [[examples[i] for i in mb] for mb in micro_batches(order, update, cfg.per_device, cfg.accumulation,
+                                                                 ctx.world, ctx.rank, len(examples))]
+
+    drive(ctx, trainer, loss_fn, batches_for)
+
+
+def drive(ctx: StageContext, trainer: Trainer, loss_fn: Callable, batches_for: Callable[[int], list]) -> None:
+    if ctx.resume and trainer.load_state() is not None:
+        ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= trainer.update]
+    else:
+        ctx.record.steps = []
+    writer = tensorboard_writer(ctx)
+
+    def on_step(metrics: dict[str, float]) -> None:
+        ctx.record.steps.append(metrics)
+        if writer is not None:
+            for key, value in metrics.items():
+                if key != "step":
+                    writer.add_scalar(f"{ctx.plan.stage}/{key}", value, metrics["step"])
+        if ctx.is_main and metrics["step"] % trainer.config.checkpoint_every == 0:
+            heartbeat(ctx.record)
+
+    for _ in run_updates(trainer, loss_fn, batches_for, on_step, lambda: {}, ctx.progress):
+        pass
+    if writer is not None:
+        writer.close()
+

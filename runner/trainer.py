@@ -1,0 +1,212 @@
+"""The optimizer loop shared by the supervised stages (SFT, DPO, RM) and pretraining.
+
+Batch semantics follow the recorded code: each optimizer update consumes
+`processes × accumulation` micro-batches of `per_device` examples; each
+micro-batch loss is divided by the accumulation steps and gradients are
+averaged over processes, so the applied gradient is the mean of the N·GA
+micro-batch losses (DeepSpeed and DDP both do this). The scheduler is stepped
+after the optimizer, so update k uses the schedule at step k−1.
+
+Data order is a pure function of (seed, update index): that, plus the saved
+model/optimizer/scheduler/RNG state, is what makes a killed run resume to the
+exact weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from runner import schedules
+
+StepMetrics = dict[str, float]
+LossFn = Callable[[list[dict[str, Any]], int], tuple[torch.Tensor, StepMetrics]]
+
+
+@dataclass
+class LoopConfig:
+    per_device: int
+    accumulation: int
+    learning_rate: float
+    total_updates: int
+    scheduler: str
+    warmup_steps: int
+    seed: int
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    wsd: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 10
+    steps_per_update: int = 1  # scheduler steps per optimizer update (accelerate-prepared: one per process)
+    stop_after: int | None = None  # run fewer updates than the schedule spans (--max-steps)
+
+    @property
+    def schedule_length(self) -> int:
+        return self.total_updates * self.steps_per_update
+
+    @property
+    def run_updates(self) -> int:
+        return min(self.total_updates, self.stop_after or self.total_updates)
+
+
+def epoch_order(num_examples: int, seed: int, epochs: int) -> list[int]:
+    """Example indices in training order: a fresh seeded permutation per epoch."""
+    order: list[int] = []
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(seed + epoch)
+        order += torch.randperm(num_examples, generator=gen).tolist()
+    return order
+
+
+def updates_for(num_examples: int, per_device: int, accumulation: int, processes: int, epochs: int) -> int:
+    """Optimizer updates as a dataloader with drop_last=False plus accumulation counts them."""
+    micro_per_epoch = math.ceil(num_examples / (per_device * processes))
+    return math.ceil(micro_per_epoch / accumulation) * epochs
+
+
+def micro_batches(order: Sequence[int], update: int, per_device: int, accumulation: int, processes: int,
+                  rank: int, epoch_len: int) -> list[list[int]]:
+    """The micro-batches (lists of example indices) rank `rank` runs in optimizer update `update` (0-based).
+
+    Micro-batches never straddle epochs; each rank takes every `processes`-th micro-batch of the global
+    order (as a distributed sampler strides), so N processes × GA see what 1 process × N·GA sees.
+    """
+    micro_per_epoch = math.ceil(epoch_len / (per_device * processes)) * processes
+    updates_per_epoch = math.ceil(micro_per_epoch / (accumulation * processes))
+    epoch, within = divmod(update, updates_per_epoch)
+    base = epoch * epoch_len
+    out = []
+    for a in range(accumulation):
+        global_micro = (within * accumulation + a) * processes + rank
+        start = global_micro * per_device
+        if start >= epoch_len:
+            break
+        stop = min(start + per_device, epoch_len)
+        out.append(list(order[base + start: base + stop]))
+    return out
+
+
+class Trainer:
+    """Runs updates; the stage supplies the loss of one micro-batch."""
+
+    def __init__(self, params: list[torch.nn.Parameter], config: LoopConfig, state_dir: Path,
+                 modules: dict[str, torch.nn.Module], accelerator=None, wrapped=None) -> None:  # noqa: ANN001
+        self.config = config
+        self.modules = modules  # what resumable state saves (unwrapped modules)
+        self.state_dir = state_dir
+        self.accelerator = accelerator
+        self.wrapped = wrapped  # the DDP-wrapped model under accelerate, for no_sync
+        trainable = [p for p in params if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=config.betas, eps=config.eps,
+                                           weight_decay=config.weight_decay)
+        self.schedule = schedules.build_schedule(config.scheduler, config.schedule_length, config.warmup_steps,
+                                                 **config.wsd)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.update = 0
+        self.params = trainable
+
+    # ------------------------------------------------------------------ state
+
+    def save_state(self, extra: dict[str, Any]) -> None:
+        if self.accelerator is not None and not self.accelerator.is_main_process:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "update": self.update,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "extra": extra,
+        }
+        tmp = self.state_dir / "latest.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.state_dir / "latest.pt")
+
+    def load_state(self) -> dict[str, Any] | None:
+        path = self.state_dir / "latest.pt"
+        if not path.exists():
+            return None
+        state = torch.load(path, weights_only=False)
+        for key, module in self.modules.items():
+            module.load_state_dict(state["modules"][key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        self.update = state["update"]
+        return state["extra"]
+
+    # ------------------------------------------------------------------ one update
+
+    def step(self, batches: list[list[dict[str, Any]]], loss_fn: LossFn) -> StepMetrics:
+        """One optimizer update over this process's micro-batches."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        totals: dict[str, float] = {}
+        loss_sum = 0.0
+        ga = self.config.accumulation
+        model = self.wrapped
+        for i, batch in enumerate(batches):
+            loss, metrics = loss_fn(batch, i)
+            scaled = loss / ga
+            last = i == len(batches) - 1
+            if self.accelerator is not None and model is not None and not last:
+                with self.accelerator.no_sync(model):
+                    self.accelerator.backward(scaled)
+            elif self.accelerator is not None:
+                self.accelerator.backward(scaled)
+            else:
+                scaled.backward()
+            loss_sum += float(loss.detach())
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        if self.config.max_grad_norm is not None and self.config.max_grad_norm > 0:
+            if self.accelerator is not None:
+                norm = self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+        self.optimizer.step()
+        for _ in range(self.config.steps_per_update):
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.update += 1
+        n = max(len(batches), 1)
+        out = {"step": self.update, "loss": loss_sum / n, "lr": lr, "grad_norm": float(norm)}
+        out.update({k: v / n for k, v in totals.items()})
+        return out
+
+
+def fault_injection(update: int) -> None:
+    """Tests kill a run with a real SIGKILL right after a given update (REPRO_KILL_AFTER_UPDATE)."""
+    target = os.environ.get("REPRO_KILL_AFTER_UPDATE")
+    if target is not None and update == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_updates(trainer: Trainer, loss_fn: LossFn, batches_for: Callable[[int], list[list[dict[str, Any]]]],
+                on_step: Callable[[StepMetrics], None], save_extra: Callable[[], dict[str, Any]],
+                progress=None) -> Iterator[StepMetrics]:  # noqa: ANN001
+    """Drive updates from trainer.update to total_updates, saving resumable state every few updates."""
+    cfg = trainer.config
+    while trainer.update < cfg.run_updates:
+        started = time.perf_counter()
+        metrics = trainer.step(batches_for(trainer.update), loss_fn)
+        metrics["seconds"] = time.perf_counter() - started
+        on_step(metrics)
+        if trainer.update % cfg.checkpoint_every == 0 or trainer.update == cfg.run_updates:
+            trainer.save_state(save_extra())
+        if progress is not None:
+            progress(metrics)
+        fault_injection(trainer.update)
+        yield metrics

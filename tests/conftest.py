@@ -1,0 +1,92 @@
+"""Shared fixtures. Every test gets its own REPRO_HOME and database; nothing touches the user's data.
+
+Database tests that take the `db_url` fixture run on SQLite and, where
+REPRO_TEST_POSTGRES_URL names a server (CI starts one), on PostgreSQL too,
+each in a fresh database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "repro-home"
+    home.mkdir()
+    monkeypatch.setenv("REPRO_HOME", str(home))
+    monkeypatch.setenv("REPRO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("REPRO_DATABASE_URL", raising=False)
+    monkeypatch.delenv("REPRO_RECIPES", raising=False)
+    from registry import database
+
+    database._engine_for.cache_clear()
+    yield home
+    database._engine_for.cache_clear()
+
+
+def _postgres_admin_url() -> str | None:
+    return os.environ.get("REPRO_TEST_POSTGRES_URL")
+
+
+def fresh_postgres_database() -> str:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(_postgres_admin_url())
+    name = f"repro_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return admin.set(database=name).render_as_string(hide_password=False)
+
+
+def _backends():
+    return ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=_backends())
+def db_url(request, tmp_path, monkeypatch):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'repro-test.db'}"
+    else:
+        if not _postgres_admin_url():
+            if os.environ.get("REPRO_REQUIRE_POSTGRES") == "1":
+                pytest.fail("REPRO_REQUIRE_POSTGRES=1 but REPRO_TEST_POSTGRES_URL is not set")
+            pytest.skip("REPRO_TEST_POSTGRES_URL not set")
+        url = fresh_postgres_database()
+    monkeypatch.setenv("REPRO_DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """Run the repro CLI in-process: returns (exit_code, stdout, stderr)."""
+    import io
+    import sys
+
+    from registry.cli import run_app
+    from runner.cli import app
+
+    def invoke(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        try:
+            code = run_app(app, list(args))
+        finally:
+            monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+            monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+        return code, out.getvalue(), err.getvalue()
+
+    return invoke
