@@ -30,7 +30,7 @@ def emit_json(obj: Any) -> None:
 def console():
     from rich.console import Console
 
-    return Console(soft_wrap=False, width=max(100, Console().width))
+    return Console(soft_wrap=False, width=max(150, Console().width))
 
 
 def fmt(value: Any) -> str:
@@ -331,7 +331,6 @@ def _verify_hashes(session, node: str) -> list[dict[str, str]]:  # noqa: ANN001
 def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bool = JsonOpt,
              limit: int = typer.Option(50, "--limit")):
     """The recorded runs, newest first."""
-    import os
     import socket
 
     from registry.queries import as_utc, list_runs, mark_stale_runs
@@ -351,15 +350,19 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
     from rich.table import Table
 
     table = Table(title=f"runs ({len(rows)})")
-    for col in ("id", "recipe:stage", "profile", "status", "created", "final metrics", "deviations"):
+    for col in ("run", "profile", "status", "created (UTC)", "key metric", "deviations"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        metrics = ", ".join(f"{k}={fmt(v)}" for k, v in list(r["final_metrics"].items())[:3])
-        devs = ", ".join(d.get("key", "?") for d in r["deviations"][:8]) + (" …" if len(r["deviations"]) > 8 else "")
-        table.add_row(r["id"], f"{r['recipe']}:{r['stage']}", r["profile"], r["status"], r["created_at"] or "",
-                      metrics, f"{len(r['deviations'])}: {devs}" if r["deviations"] else "none")
+        preferred = ("heldout_accuracy", "reward_mean_last10", "heldout_rewards_accuracy", "heldout_loss",
+                     "train_loss_last")
+        metric = next(((k, r["final_metrics"][k]) for k in preferred
+                       if isinstance(r["final_metrics"].get(k), (int, float))), None)
+        keys = sorted({d.get("key", "?").split(".")[0] for d in r["deviations"]})
+        table.add_row(r["id"], r["profile"], r["status"], (r["created_at"] or "")[:16].replace("T", " "),
+                      f"{metric[0]}={metric[1]:.4g}" if metric else "",
+                      f"{len(r['deviations'])} ({', '.join(keys[:4])}{', …' if len(keys) > 4 else ''})"
+                      if r["deviations"] else "none")
     console().print(table)
-    del os
 
 
 def _pid_alive(pid: int) -> bool:

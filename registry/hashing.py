@@ -56,7 +56,9 @@ def verify_edges(session: Session, node: str) -> list[dict[str, Any]]:
             path = json.loads(edge.note or "{}").get("path")
         except json.JSONDecodeError:
             path = None
-        subject = edge.child if edge.relation == "output" else edge.parent
+        # The hashed file belongs to the checkpoint an edge leads to (a run's output, a converted copy),
+        # otherwise to the input it comes from (a dataset file, a parent run's checkpoint).
+        subject = edge.child if edge.child.startswith("checkpoint:") else edge.parent
         if not path:
             continue
         if not Path(path).exists():

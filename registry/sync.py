@@ -80,7 +80,9 @@ def _sync_datasets(session: Session, datasets: dict[str, Any]) -> list[str]:
 
 def _sync_checkpoints(session: Session, checkpoints: dict[str, Any]) -> list[str]:
     changes = []
-    rows = {r.name: r for r in session.scalars(select(CheckpointRow).where(CheckpointRow.run_id.is_(None)))}
+    # Rows made by runs or conversions (they have a run or a local path) are not recipes.json's to remove.
+    rows = {r.name: r for r in session.scalars(select(CheckpointRow).where(CheckpointRow.run_id.is_(None),
+                                                                            CheckpointRow.path.is_(None)))}
     for name, body in checkpoints.items():
         digest = content_hash(body)
         row = rows.pop(name, None)

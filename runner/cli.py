@@ -9,6 +9,15 @@ from __future__ import annotations
 import sys
 
 from registry.cli import app, run_app
+from runner import run_cli
+
+run_cli.register(app)
+for _module in ("runner.plan_cli", "runner.eval_cli"):
+    try:  # registered when present (each adds commands; none imports torch at module level)
+        __import__(_module).__dict__  # noqa: B018
+        sys.modules[_module].register(app)
+    except ModuleNotFoundError:
+        pass
 
 
 def main() -> None:

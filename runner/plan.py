@@ -229,6 +229,12 @@ def _data_plan(registry: Registry, recipe: Recipe, stage: Stage, profile: str, h
                 continue
             entry.update({"path": str(smoke.FIXTURES / fixture[0]), "schema": fixture[1]})
         datasets.append(entry)
+    if profile == "smoke" and stage.name == "pretrain":
+        # The recorded corpus ("smollm2-corpus") was never released; fixture components stand in for its sources.
+        datasets = [{"dataset": f"fixture:pretrain/{name}", "split": "train", "role": "train", "weight": None,
+                     "weight_semantics": "sampling-weight", "revision": None, "schema": "text",
+                     "path": str(smoke.FIXTURES / "smollm2" / "pretrain" / f"{name}.jsonl")}
+                    for name in smoke.PRETRAIN_COMPONENTS]
     if profile == "smoke":
         train = [d for d in datasets if d["role"] == "train"]
         if not train and stage.name != "pretrain":

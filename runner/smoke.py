@@ -40,7 +40,7 @@ OVERRIDES: dict[tuple[str, str], dict[str, tuple[Any, str]]] = {
         "gradient_accumulation_steps": (8, "effective batch 8 pairs from 1 process, per-device 1 kept"),
         "learning_rate": (1e-3, LR_REASON),
         "max_seq_length": (96, SHORT_SEQ), "max_prompt_length": (96, SHORT_SEQ),
-        "epochs": (3, SMALL_DATA),
+        "epochs": (6, SMALL_DATA),
     },
     ("tulu3", "rlvr"): {
         "learning_rate": (3e-4, LR_REASON),
@@ -93,5 +93,5 @@ HELDOUT_FOR: dict[tuple[str, str], tuple[str, str]] = {
 }
 PRETRAIN_COMPONENTS = ("web", "code", "math", "cosmopedia", "long")
 
-MINIATURE = {"hidden_size": 64, "num_layers": 2}
+MINIATURE = {"hidden_size": 64, "num_layers": 4}
 TOKENIZER_VOCAB = 384

@@ -44,7 +44,18 @@ class StageContext:
         return self.rank == 0
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for repro's own progress: no per-file bars from transformers, no DeepSpeed probe notice."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def set_determinism(seed: int) -> None:
+    quiet_libraries()
     # Same thread count on every run: float reductions depend on it, and golden curves must match bit for bit.
     torch.set_num_threads(int(os.environ.get("REPRO_TORCH_THREADS", "1")))
     torch.manual_seed(seed)
@@ -92,7 +103,8 @@ def miniature_config(plan: RunPlan, tokenizer):  # noqa: ANN001, ANN201
     if plan.family == "tulu3":
         vocab = (vocab + 7) // 8 * 8  # finetune.py resizes embeddings with pad_to_multiple_of=8
     config, deviations = miniature(spec, vocab, hidden_size=plan.model["hidden_size"],
-                                   num_layers=plan.model["num_layers"], bos_token_id=tokenizer.bos_token_id,
+                                   num_layers=plan.model["num_layers"],
+                                   initializer_range=spec.initializer_range or 0.02, bos_token_id=tokenizer.bos_token_id,
                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return config, deviations
 

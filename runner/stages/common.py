@@ -49,8 +49,8 @@ def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int 
 
 
 def build_trainer(ctx: StageContext, modules: dict[str, Any], params: list, num_examples: int | None,
-                  total_updates: int | None = None) -> tuple[Trainer, int]:
-    cfg = loop_config(ctx, num_examples, total_updates)
+                  total_updates: int | None = None, cfg: LoopConfig | None = None) -> tuple[Trainer, int]:
+    cfg = cfg or loop_config(ctx, num_examples, total_updates)
     wrapped = None
     if ctx.accelerator is not None:
         wrapped = ctx.accelerator.prepare(modules["model"])

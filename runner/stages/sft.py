@@ -67,14 +67,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     reduction = plan.hp("loss_reduction", "mean")
     pad = tokenizer.pad_token_id
 
+    trainer, total = build_trainer(ctx, {"model": model}, list(model.parameters()), len(examples))
+    net = trainer.wrapped or model  # under DDP the forward must go through the wrapper
+
     def loss_fn(batch: list[dict[str, Any]], _index: int):
         tensors = masking.collate(batch, pad)
-        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        logits = net(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
         loss = losses.sft_loss(logits, tensors["labels"], reduction)
         tokens = int((tensors["labels"][:, 1:] != losses.IGNORE_INDEX).sum())
         return loss, {"trainable_tokens": tokens}
 
-    trainer, total = build_trainer(ctx, {"model": model}, list(model.parameters()), len(examples))
     run_loop(ctx, trainer, examples, loss_fn)
     model.eval()
     final = {"train_loss_first": ctx.record.steps[0]["loss"] if ctx.record.steps else None,

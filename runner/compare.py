@@ -1,0 +1,382 @@
+"""Verdicts: a run's metrics against published values or smoke golden references.
+
+Pure functions first (noise, tolerance, verdict, protocol fingerprints), then the
+lookups (published metrics of the checkpoint a stage publishes; smoke references in
+`registry/smoke_references.json`) and the scorecard picture.
+
+Noise model (percent-scale accuracy metrics)
+--------------------------------------------
+For a benchmark of n items and a reference accuracy p (as a fraction):
+
+    SE = 100 · sqrt(p (1 − p) / n)        binomial standard error, in percentage points
+    g  = 100 / n                           granularity: one item moves the score by g points
+    T  = 2 · SE + g                        tolerance: a ~95 % band plus one item of rounding
+
+A recipe or a smoke reference that states a tolerance replaces T. With the absolute
+difference d = |run − reference|:
+
+    reproduced     d ≤ T / 2               (within about one SE)
+    within noise   T / 2 < d ≤ T
+    deviates       d > T
+    not comparable the protocols differ (fingerprints, shots, eval data) or no tolerance is known
+
+Example: p = 0.5, n = 100 → SE = 5, g = 1, T = 11; d = 5.5 is reproduced, 11 within noise, 11.01 deviates.
+Metrics on a 0–1 scale (`scale=1`, e.g. TRL's rewards/accuracies) use the same formulas
+with 1 in place of 100.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from registry.errors import ReproError
+
+REPRODUCED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE = "reproduced", "within noise", "deviates", "not comparable"
+VERDICTS = (REPRODUCED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE)
+
+SMOKE_REFERENCES = Path(__file__).resolve().parent.parent / "registry" / "smoke_references.json"
+
+# Test-set sizes (public facts about the benchmark datasets, not about the recipes):
+# - GSM8K: 1,319 test problems (Cobbe et al. 2021, arXiv:2110.14168; openai/gsm8k card, "main" test split).
+# - MATH: 5,000 test problems (Hendrycks et al. 2021, arXiv:2103.03874); Minerva's evaluation
+#   (Lewkowycz et al. 2022) and OLMES `minerva_math` use the same 5,000-problem test set.
+# - IFEval: 541 prompts (Zhou et al. 2023, arXiv:2311.07911; google/IFEval card). Instruction-level
+#   scores average over more items (834 instructions), so 541 is the conservative size.
+# - UltraFeedback binarized test_prefs: 2,000 pairs (HuggingFaceH4/ultrafeedback_binarized card).
+BENCHMARK_SIZES: dict[str, int] = {
+    "GSM8K": 1319,
+    "MATH": 5000,
+    "IFEval": 541,
+    "DPO eval rewards/accuracies": 2000,
+}
+# Scale of a metric's values: 100 for percentages (default), 1 for fractions.
+METRIC_SCALE: dict[str, float] = {"DPO eval rewards/accuracies": 1.0}
+
+# Protocol fields that define what was measured (the registry's MetricProtocol fields).
+FINGERPRINT_FIELDS = ("harness", "task", "shots", "cot", "metric", "settings")
+
+
+# ---------------------------------------------------------------- noise and verdicts
+
+
+def binomial_se(p: float, n: int, scale: float = 100.0) -> float:
+    """Standard error of an accuracy p (fraction in [0, 1]) measured on n items, in units of `scale`."""
+    if n <= 0:
+        raise ValueError(f"benchmark size must be positive, got {n}")
+    p = min(max(p, 0.0), 1.0)
+    return scale * math.sqrt(p * (1.0 - p) / n)
+
+
+def granularity(n: int, scale: float = 100.0) -> float:
+    """The smallest possible change of an accuracy on n items (one item), in units of `scale`."""
+    if n <= 0:
+        raise ValueError(f"benchmark size must be positive, got {n}")
+    return scale / n
+
+
+def noise_tolerance(reference: float, n: int, scale: float = 100.0) -> tuple[float, float, float]:
+    """(T, SE, g) for a reference value on the metric's scale: T = 2·SE + g."""
+    se = binomial_se(reference / scale, n, scale)
+    g = granularity(n, scale)
+    return 2.0 * se + g, se, g
+
+
+def verdict(value: float, reference: float, tolerance: float) -> str:
+    """reproduced (d ≤ T/2), within noise (d ≤ T), deviates (d > T); d = |value − reference|."""
+    if tolerance < 0 or math.isnan(tolerance):
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    d = abs(value - reference)
+    # A hair of slack so that hand-computed boundaries (5.5 against 11 / 2) hold in floating point.
+    eps = 1e-9 * max(1.0, abs(reference), tolerance)
+    if d <= tolerance / 2 + eps:
+        return REPRODUCED
+    if d <= tolerance + eps:
+        return WITHIN_NOISE
+    return DEVIATES
+
+
+# ---------------------------------------------------------------- protocols
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, str):
+        text = " ".join(value.split()).lower()
+        return text or None
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in sorted(value.items()) if _norm(v) is not None}
+    return value
+
+
+def normalized_protocol(protocol: dict[str, Any] | None, fields: Iterable[str] = FINGERPRINT_FIELDS) -> dict[str, Any]:
+    """The fingerprinted fields: strings lower-cased with whitespace collapsed; unstated fields are None."""
+    protocol = protocol or {}
+    return {f: _norm(protocol.get(f)) for f in fields}
+
+
+def fingerprint(protocol: dict[str, Any] | None, fields: Iterable[str] = FINGERPRINT_FIELDS) -> str:
+    """sha256 (16 hex digits) of the normalized protocol fields."""
+    blob = json.dumps(normalized_protocol(protocol, fields), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def claimed_protocol(protocol: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run metric's protocol stands for: its `published` protocol when it names one
+    (`repro eval --profile recorded`), else the protocol itself."""
+    protocol = protocol or {}
+    return protocol.get("published") or protocol
+
+
+def protocol_differences(run: dict[str, Any] | None, ref: dict[str, Any] | None,
+                         fields: Iterable[str] = FINGERPRINT_FIELDS) -> list[str]:
+    a, b = normalized_protocol(run, fields), normalized_protocol(ref, fields)
+    return [f"{f}: {a[f]!r} vs {b[f]!r}" for f in fields if a[f] != b[f]]
+
+
+def comparability(run_protocol: dict[str, Any] | None, ref_protocol: dict[str, Any] | None,
+                  against: str) -> str | None:
+    """None when the run's metric and the reference measure the same thing, else the reason.
+
+    against="published": the run's claimed protocol must match the published one on the fields the
+    claim states (a claim leaves e.g. the printed `settings` text to the table it points at); the
+    shots the run actually used must equal the published shots.
+    against="reference": the whole normalized protocol must match, and so must the eval data hash.
+    """
+    run_protocol = run_protocol or {}
+    ref_protocol = ref_protocol or {}
+    if against == "published":
+        claim = claimed_protocol(run_protocol)
+        fields = [f for f in FINGERPRINT_FIELDS if _norm(claim.get(f)) is not None]
+        if "published" not in run_protocol:
+            fields = list(FINGERPRINT_FIELDS)
+        if fingerprint(claim, fields) != fingerprint(ref_protocol, fields):
+            return "protocol fingerprints differ (" + "; ".join(protocol_differences(claim, ref_protocol, fields)) + ")"
+        ran, published = run_protocol.get("shots"), ref_protocol.get("shots")
+        if "published" in run_protocol and published is not None and ran is not None and int(ran) != int(published):
+            return f"run used {ran} shots, the published protocol {published}"
+        return None
+    if fingerprint(run_protocol) != fingerprint(ref_protocol):
+        return "protocol fingerprints differ (" + "; ".join(protocol_differences(run_protocol, ref_protocol)) + ")"
+    a, b = run_protocol.get("data_sha256"), ref_protocol.get("data_sha256")
+    if a and b and a != b:
+        return f"evaluated on different data (sha256 {a[:12]} vs {b[:12]})"
+    return None
+
+
+# ---------------------------------------------------------------- one comparison
+
+
+@dataclass
+class Comparison:
+    name: str
+    value: float
+    reference: float | None
+    against: str  # "published" | "reference"
+    verdict: str
+    source: str | None = None  # checkpoint name or recipe:stage of the reference
+    difference: float | None = None
+    tolerance: float | None = None
+    tolerance_source: str | None = None  # "stated" | "binomial"
+    standard_error: float | None = None
+    granularity: float | None = None
+    n: int | None = None
+    reason: str | None = None
+    run_fingerprint: str | None = None
+    reference_fingerprint: str | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    reference_protocol: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_metric(name: str, value: float, protocol: dict[str, Any] | None, reference: float,
+                   reference_protocol: dict[str, Any] | None, *, against: str, source: str | None = None,
+                   stated_tolerance: float | None = None, n: int | None = None,
+                   scale: float | None = None) -> Comparison:
+    """One metric's verdict. `n` is the benchmark size behind the reference (for the binomial
+    tolerance); without it or a stated tolerance the metric is not comparable."""
+    protocol = protocol or {}
+    reference_protocol = reference_protocol or {}
+    scale = scale if scale is not None else float(protocol.get("scale") or METRIC_SCALE.get(name, 100.0))
+    out = Comparison(name=name, value=float(value), reference=float(reference), against=against, verdict=NOT_COMPARABLE,
+                     source=source, difference=float(value) - float(reference), n=n,
+                     run_fingerprint=fingerprint(claimed_protocol(protocol) if against == "published" else protocol),
+                     reference_fingerprint=fingerprint(reference_protocol), protocol=protocol,
+                     reference_protocol=reference_protocol)
+    reason = comparability(protocol, reference_protocol, against)
+    ran = protocol.get("n")
+    if not reason and against == "published" and n and ran and int(ran) != int(n):
+        # A published score covers the whole benchmark; a subset (or a fixture standing in for it) is not it.
+        reason = f"evaluated {ran} items; the published benchmark has {n}"
+    if reason:
+        out.reason = reason
+        return out
+    if stated_tolerance is not None:
+        out.tolerance, out.tolerance_source = float(stated_tolerance), "stated"
+    elif n:
+        out.tolerance, out.standard_error, out.granularity = noise_tolerance(float(reference), int(n), scale)
+        out.tolerance_source = "binomial"
+    else:
+        out.reason = "no tolerance: the benchmark size is unknown and none is stated"
+        return out
+    out.verdict = verdict(float(value), float(reference), out.tolerance)
+    return out
+
+
+# ---------------------------------------------------------------- smoke references
+
+
+def smoke_references_path() -> Path:
+    return Path(os.environ.get("REPRO_SMOKE_REFERENCES") or SMOKE_REFERENCES)
+
+
+def load_smoke_references(path: str | Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """{"recipe:stage": {metric: {"value", "tolerance" (optional), "protocol", "n" (optional)}}}."""
+    path = Path(path) if path is not None else smoke_references_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReproError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ReproError(f"{path}: expected an object keyed 'recipe:stage'")
+    for key, metrics in data.items():
+        if ":" not in key or not isinstance(metrics, dict):
+            raise ReproError(f"{path}: {key!r}: expected 'recipe:stage' -> {{metric: {{value, tolerance, protocol}}}}")
+        for name, entry in metrics.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("value"), (int, float)):
+                raise ReproError(f"{path}: {key}.{name}: needs a numeric 'value'")
+            tol = entry.get("tolerance")
+            if tol is not None and (not isinstance(tol, (int, float)) or tol < 0):
+                raise ReproError(f"{path}: {key}.{name}: 'tolerance' must be a non-negative number")
+    return data
+
+
+def reference_entry(value: float, protocol: dict[str, Any] | None, tolerance: float | None = None) -> dict[str, Any]:
+    """One entry for smoke_references.json, from a golden run's metric (protocol kept whole)."""
+    entry: dict[str, Any] = {"value": float(value), "protocol": protocol or {}}
+    if tolerance is not None:
+        entry["tolerance"] = float(tolerance)
+    return entry
+
+
+# ---------------------------------------------------------------- a run's comparison
+
+
+def published_checkpoint(registry, recipe: str, stage: str) -> str | None:  # noqa: ANN001
+    """The checkpoint whose published metrics a stage's run is compared with: among the stage's outputs
+    that carry metrics, the last public one (the final release rather than internal intermediates)."""
+    try:
+        st = registry.stage(recipe, stage)
+    except ReproError:
+        return None
+    with_metrics = [o.checkpoint for o in st.outputs
+                    if registry.model.checkpoints.get(o.checkpoint) and registry.model.checkpoints[o.checkpoint].metrics]
+    public = [c for c in with_metrics if not c.startswith("internal:")]
+    return (public or with_metrics or [None])[-1]
+
+
+def compare_run(metrics: list[dict[str, Any]], *, published: list[dict[str, Any]], published_source: str | None,
+                references: dict[str, dict[str, Any]], reference_source: str | None,
+                prefer_published: bool) -> tuple[list[Comparison], list[str]]:
+    """Compare each metric ({name, value, protocol}) with its counterpart.
+
+    A metric goes against the published value when the run is a recorded-profile run or its protocol
+    names the published protocol it stands for; otherwise against the smoke reference. Published rows
+    are {benchmark, value, protocol, size?, tolerance?}; a benchmark published under several protocols
+    is matched to the one with the same fingerprint, else reported not comparable against the first.
+    Returns (comparisons, names with no counterpart).
+    """
+    by_benchmark: dict[str, list[dict[str, Any]]] = {}
+    for row in published:
+        by_benchmark.setdefault(row["benchmark"], []).append(row)
+    results: list[Comparison] = []
+    unmatched: list[str] = []
+    for m in metrics:
+        protocol = m.get("protocol") or {}
+        use_published = prefer_published or "published" in protocol
+        candidates = by_benchmark.get(m["name"], []) if use_published else []
+        ref = references.get(m["name"]) if not use_published else None
+        if use_published and candidates:
+            claim = fingerprint(claimed_protocol(protocol))
+            row = next((r for r in candidates if fingerprint(r["protocol"]) == claim), None)
+            if row is None:  # the closest one by reason: any without a fingerprint clash on stated fields
+                row = next((r for r in candidates if comparability(protocol, r["protocol"], "published") is None),
+                           candidates[0])
+            n = row.get("size") or BENCHMARK_SIZES.get(m["name"])
+            results.append(compare_metric(m["name"], m["value"], protocol, row["value"], row["protocol"],
+                                          against="published", source=published_source,
+                                          stated_tolerance=row.get("tolerance"), n=n))
+        elif ref is not None:
+            n = ref.get("n") or protocol.get("n")
+            results.append(compare_metric(m["name"], m["value"], protocol, ref["value"], ref.get("protocol"),
+                                          against="reference", source=reference_source,
+                                          stated_tolerance=ref.get("tolerance"), n=n))
+        else:
+            unmatched.append(m["name"])
+    return results, unmatched
+
+
+def summary(comparisons: list[Comparison]) -> dict[str, int]:
+    return {v: sum(c.verdict == v for c in comparisons) for v in VERDICTS}
+
+
+# ---------------------------------------------------------------- scorecard
+
+
+VERDICT_COLORS = {REPRODUCED: "#2a9d4b", WITHIN_NOISE: "#e0a100", DEVIATES: "#d62828", NOT_COMPARABLE: "#8a8a8a"}
+
+
+def scorecard_png(comparisons: list[Comparison], path: str | Path, title: str) -> Path:
+    """One row per metric: the reference (line), its tolerance band (shaded) and the run (dot,
+    coloured by verdict). Each row has its own x-axis, since metrics differ in scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [c for c in comparisons if c.reference is not None]
+    if not rows:
+        raise ReproError("nothing to plot: no metric has a published or reference counterpart")
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7.5, 0.9 + 0.85 * len(rows)), squeeze=False)
+    for ax, c in zip(axes[:, 0], rows):
+        ref, tol = c.reference, c.tolerance
+        span = max(abs(c.value - ref), tol or 0.0, abs(ref) * 0.05, 1e-6) * 1.6
+        if tol is not None:
+            ax.axvspan(ref - tol, ref + tol, color="#9ecae1", alpha=0.45, lw=0)
+            ax.axvspan(ref - tol / 2, ref + tol / 2, color="#6baed6", alpha=0.45, lw=0)
+        ax.axvline(ref, color="#08519c", lw=1.5)
+        ax.plot([c.value], [0], "o", ms=9, color=VERDICT_COLORS[c.verdict], zorder=3)
+        ax.set_xlim(min(ref, c.value) - span * 0.6, max(ref, c.value) + span * 0.6)
+        ax.set_yticks([])
+        ax.set_ylabel(c.name, rotation=0, ha="right", va="center", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        label = f"{c.value:.4g} vs {c.against} {ref:.4g}" + (f" ± {tol:.3g}" if tol is not None else "")
+        ax.set_title(f"{c.verdict}: {label}", fontsize=8, loc="left", color=VERDICT_COLORS[c.verdict])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = [
+    "REPRODUCED", "WITHIN_NOISE", "DEVIATES", "NOT_COMPARABLE", "VERDICTS", "BENCHMARK_SIZES", "FINGERPRINT_FIELDS",
+    "binomial_se", "granularity", "noise_tolerance", "verdict", "normalized_protocol", "fingerprint",
+    "claimed_protocol", "protocol_differences", "comparability", "Comparison", "compare_metric",
+    "load_smoke_references", "reference_entry", "smoke_references_path", "published_checkpoint", "compare_run",
+    "summary", "scorecard_png",
+]

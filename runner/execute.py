@@ -1,0 +1,150 @@
+"""Run a planned stage: resolve inputs, record the run, call the stage module, finish the record.
+
+`repro run` calls `execute()` in-process for the local launcher. The accelerate
+launcher starts `python -m runner.execute --run-dir DIR` in every process; rank 0
+owns the record, the others only train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from registry.database import session_scope
+from registry.errors import ReproError, RunFailed
+from registry.hashing import dvc_hash
+from registry.queries import get_run, latest_succeeded_run
+from registry.recipes import Registry
+from runner.plan import RunPlan
+from runner.records import RunRecord, finish_run, resume_run, start_run
+
+STAGE_MODULES = {"sft": "runner.stages.sft", "dpo": "runner.stages.dpo", "rm": "runner.stages.rm",
+                 "rlvr": "runner.stages.rlvr", "pretrain": "runner.stages.pretrain"}
+
+
+def resolve_inputs(registry: Registry, plan: RunPlan, overrides: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each input checkpoint of the stage: a smoke run of the producing stage, or a substitute the user named.
+
+    A published input (e.g. the Llama-3.1 base) has no local copy in the smoke profile: the stage starts
+    from a random miniature and records that as a deviation.
+    """
+    stage = registry.stage(plan.recipe, plan.stage)
+    out: dict[str, dict[str, Any]] = {}
+    roles = {ref.role: ref.checkpoint for ref in stage.inputs}
+    unknown_roles = set(overrides) - set(roles) - {"init"}
+    if unknown_roles:
+        raise ReproError(f"invalid --input role {sorted(unknown_roles)[0]!r} for {plan.recipe}:{plan.stage} "
+                         f"(valid: {', '.join(sorted(roles)) or 'init'})")
+    for role, checkpoint in roles.items():
+        if role == "tokenizer":
+            continue
+        out[role] = {"checkpoint": checkpoint}
+        if role in overrides:
+            out[role].update(_substitute(overrides[role], checkpoint))
+            continue
+        ckpt = registry.model.checkpoints[checkpoint]
+        producer = ckpt.produced_by
+        if producer is None or plan.profile != "smoke":
+            continue
+        p_recipe, _, p_stage = producer.partition(":")
+        with session_scope() as session:
+            run = latest_succeeded_run(session, p_recipe, p_stage, "smoke")
+            if run is None:
+                raise ReproError(f"input {role} ({checkpoint}) of {plan.recipe}:{plan.stage} does not exist yet; "
+                                 f"run `repro run {p_recipe} --stage {p_stage} --profile smoke` first")
+            run_id, path = run.id, Path(run.run_dir) / "checkpoint"
+        _verify_checkpoint(path, run_id)
+        out[role].update({"run_id": run_id, "path": str(path), "content_hash": dvc_hash(path)})
+    for role, value in overrides.items():
+        if role not in out:
+            out[role] = {"checkpoint": roles.get(role, "substitute"), **_substitute(value, roles.get(role))}
+    return out
+
+
+def _substitute(value: str, checkpoint: str | None) -> dict[str, Any]:
+    """`--input init=PATH|RUN_ID`: start from another checkpoint; lineage marks the substitution."""
+    path = Path(value)
+    run_id = None
+    if not path.exists():
+        with session_scope() as session:
+            run = get_run(session, value)
+            if run is None:
+                raise ReproError(f"--input {value!r} is neither a directory nor a run id")
+            run_id, path = run.id, Path(run.run_dir) / "checkpoint"
+    if not (path / "config.json").exists():
+        raise ReproError(f"--input {path} is not a model directory (no config.json)")
+    return {"path": str(path.resolve()), "run_id": run_id, "substituted": True, "substitutes": checkpoint,
+            "content_hash": dvc_hash(path)}
+
+
+def _verify_checkpoint(path: Path, run_id: str) -> None:
+    """Refuse a checkpoint whose files no longer hash to what its run recorded."""
+    record_file = path.parent / "run.json"
+    if not path.exists() or not record_file.exists():
+        raise ReproError(f"checkpoint of run {run_id} is missing at {path}; rerun that stage")
+    recorded = json.loads(record_file.read_text()).get("artifacts", {}).get("checkpoint")
+    if recorded is None:
+        return
+    actual = dvc_hash(path)
+    if actual != recorded:
+        raise ReproError(f"checkpoint of run {run_id} at {path} is corrupted: hash {actual[:12]} does not match "
+                         f"the recorded {recorded[:12]}; rerun that stage")
+
+
+def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord | None = None,
+            output_dir: Path | None = None, progress: Callable | None = None, max_updates: int | None = None,
+            tensorboard: bool = False, accelerator=None) -> RunRecord:  # noqa: ANN001
+    from runner.stagekit import StageContext
+
+    record = resume_record or start_run(plan, inputs, output_dir)
+    if resume_record is not None:
+        resume_run(record)
+    ctx = StageContext(plan=record.plan, record=record, resume=resume_record is not None, accelerator=accelerator,
+                       progress=progress, max_updates=max_updates,
+                       log_dir=record.run_dir / "tensorboard" if tensorboard else None)
+    module = importlib.import_module(STAGE_MODULES[plan.stage])
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        module.run(ctx)
+    except KeyboardInterrupt:
+        finish_run(record, "interrupted", "interrupted (SIGINT/SIGTERM); resume with --resume")
+        raise RunFailed(f"run {record.run_id} interrupted; resume with `repro run {plan.recipe} --stage "
+                        f"{plan.stage} --profile {plan.profile} --resume`") from None
+    except ReproError as exc:
+        finish_run(record, "failed", str(exc))
+        raise
+    except Exception as exc:  # a crash: recorded, then reported as exit 1
+        finish_run(record, "failed", f"{type(exc).__name__}: {exc}")
+        if os.environ.get("REPRO_DEBUG") == "1":
+            traceback.print_exc()
+        raise RunFailed(f"run {record.run_id} failed: {type(exc).__name__}: {exc} (details in "
+                        f"{record.run_dir / 'run.json'})") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    finish_run(record, "succeeded")
+    return record
+
+
+def _raise_interrupt(_signum, _frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Entry point for launched processes (accelerate launch ... -m runner.execute --run-dir DIR)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args()
+    from runner.launch import worker_main
+
+    worker_main(Path(args.run_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""`repro run`: plan, check, execute (or resume) one stage; `repro plot`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from registry.cli import console, emit_json, fmt, registry
+from registry.errors import ReproError, RunFailed
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ReproError(f"invalid --input {pair!r}: expected ROLE=PATH_OR_RUN (e.g. --input init=/path/to/model)")
+        role, value = pair.split("=", 1)
+        out[role.strip()] = value.strip()
+    return out
+
+
+def recorded_blockers(plan) -> list[str]:  # noqa: ANN001
+    """What this machine lacks to run the recorded profile (checked before anything is loaded)."""
+    missing = []
+    need = plan.layout.get("gpus") or plan.hyperparameters.get("num_processes") or 1
+    try:
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        have = 0
+        missing.append("torch is not installed (pip install 'repro[train]')")
+    if have < need:
+        missing.append(f"{need} GPUs (found {have})")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        missing.append("the Hugging Face Hub (HF_HUB_OFFLINE=1) to load the recorded model and data")
+    return missing
+
+
+def run_cmd(
+    recipe: str,
+    stage: str = typer.Option(..., "--stage", "-s"),
+    profile: str = typer.Option("recorded", "--profile", help="recorded (default) or smoke"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and launch command; run nothing."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the latest interrupted run of this stage."),
+    sets: list[str] = typer.Option([], "--set", help="KEY=VALUE override of a canonical hyperparameter."),
+    inputs: list[str] = typer.Option([], "--input", help="ROLE=PATH_OR_RUN: substitute an input checkpoint."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the run directory here."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps."),
+    launcher: str = typer.Option("local", "--launcher", help="local | accelerate"),
+    num_processes: int = typer.Option(2, "--num-processes", min=1, help="processes for --launcher accelerate on CPU"),
+    deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed config for --launcher accelerate"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="RLVR: join this Ray cluster."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Execute one stage (or print its plan with --dry-run)."""
+    from runner.launch import describe, shell
+    from runner.plan import parse_sets, resolve
+
+    reg = registry()
+    reg.stage(recipe, stage)
+    if launcher not in ("local", "accelerate"):
+        raise ReproError(f"unknown launcher {launcher!r} (valid: local, accelerate)")
+    overrides = parse_sets(sets)
+    substitutes = _parse_inputs(inputs)
+    plan = resolve(reg, recipe, stage, profile, overrides)
+    if max_steps is not None:
+        plan.extra["max_updates"] = max_steps
+    if ray_address is not None:
+        if stage != "rlvr":
+            raise ReproError("--ray-address applies to the rlvr stage only")
+        from runner.ray_rlvr import check_address
+
+        check_address(ray_address)
+        plan.extra["ray_address"] = ray_address
+    if dry_run:
+        doc = {"plan": plan.to_json(), "launch": describe(plan),
+               "recorded_command": (reg.stage(recipe, stage).command.text
+                                    if reg.stage(recipe, stage).command else None)}
+        if as_json:
+            return emit_json(doc)
+        return _print_plan(plan, doc)
+    if profile == "recorded":
+        missing = recorded_blockers(plan)
+        if missing:
+            raise ReproError(f"the recorded profile of {recipe}:{stage} needs {'; '.join(missing)}. See it with "
+                             f"`repro run {recipe} --stage {stage} --dry-run` or `repro plan {recipe} --stage {stage} "
+                             f"--gpus N`, or run the miniature with --profile smoke")
+    from runner.execute import execute, resolve_inputs
+    from runner.records import RunRecord
+
+    resume_record = None
+    if resume:
+        resume_record = _resumable(recipe, stage, profile)
+        plan = resume_record.plan
+        resolved = resume_record.inputs
+    else:
+        resolved = resolve_inputs(reg, plan, substitutes)
+        plan.inputs = resolved
+        for role, ref in resolved.items():
+            if ref.get("substituted"):
+                plan.deviations.append({"key": f"input.{role}", "recorded": ref.get("substitutes"),
+                                        "value": ref["path"], "reason": "--input substitution on the command line"})
+    if launcher == "accelerate":
+        record = _run_multiprocess(plan, resolved, num_processes, deepspeed, output_dir)
+    else:
+        with _progress(plan, as_json) as progress:
+            record = execute(plan, resolved, resume_record=resume_record, output_dir=output_dir,
+                             progress=progress, max_updates=max_steps, tensorboard=tensorboard)
+    summary = {"run_id": record.run_id, "status": record.status, "run_dir": str(record.run_dir),
+               "final_metrics": record.final_metrics, "deviations": len(record.plan.deviations)}
+    if as_json:
+        return emit_json(summary)
+    out = console()
+    out.print(f"[bold green]{record.status}[/bold green] {record.run_id}  →  {record.run_dir}")
+    out.print("final: " + ", ".join(f"{k}={fmt(v)}" for k, v in record.final_metrics.items() if v is not None))
+    out.print(f"{len(record.plan.deviations)} deviations from the recording (repro runs / run.json)")
+    del RunRecord, shell
+
+
+def _resumable(recipe: str, stage: str, profile: str):  # noqa: ANN202
+    import socket
+
+    from sqlalchemy import select
+
+    from registry.cli import _pid_alive
+    from registry.database import session_scope
+    from registry.db import RunRow
+    from registry.queries import mark_stale_runs
+    from runner.records import RunRecord
+
+    with session_scope() as session:
+        mark_stale_runs(session, socket.gethostname(), _pid_alive)
+        row = session.scalar(select(RunRow).where(RunRow.recipe == recipe, RunRow.stage == stage,
+                                                  RunRow.profile == profile,
+                                                  RunRow.status.in_(("interrupted", "failed")))
+                             .order_by(RunRow.created_at.desc()).limit(1))
+        if row is None:
+            raise ReproError(f"no interrupted run of {recipe}:{stage} ({profile}) to resume; start one without --resume")
+        run_dir = Path(row.run_dir)
+    if not (run_dir / "state" / "latest.pt").exists():
+        raise ReproError(f"run {row.id} saved no resumable state (it died before its first checkpoint); "
+                         "start a new run")
+    return RunRecord.load(run_dir)
+
+
+def _run_multiprocess(plan, inputs, num_processes: int, deepspeed: str | None, output_dir):  # noqa: ANN001, ANN202
+    from runner.launch import run_cpu_processes
+    from runner.records import RunRecord, finish_run, start_run
+
+    plan.deviations.append({"key": "num_processes", "recorded": plan.recorded.get("num_processes"),
+                            "value": num_processes, "reason": "--launcher accelerate on CPU (gloo)"})
+    ga = plan.hp("gradient_accumulation_steps", 1)
+    if ga % num_processes:
+        raise ReproError(f"gradient_accumulation_steps {ga} is not divisible by {num_processes} processes; "
+                         "the effective batch would change")
+    plan.hyperparameters["gradient_accumulation_steps"] = ga // num_processes
+    plan.hyperparameters["num_processes"] = num_processes
+    plan.deviations.append({"key": "gradient_accumulation_steps", "recorded": plan.recorded.get(
+        "gradient_accumulation_steps"), "value": ga // num_processes,
+        "reason": f"effective batch kept across {num_processes} processes"})
+    if deepspeed:
+        plan.extra["deepspeed"] = deepspeed
+    record = start_run(plan, inputs, output_dir)
+    code = run_cpu_processes(num_processes, record.run_dir, deepspeed)
+    record = RunRecord.load(record.run_dir)
+    if code != 0:
+        finish_run(record, "failed", f"launched processes exited with {code}; see {record.run_dir / 'launch.log'}")
+        raise RunFailed(f"run {record.run_id} failed (exit {code}); see {record.run_dir / 'launch.log'}")
+    finish_run(record, "succeeded")
+    return record
+
+
+class _progress:
+    """A rich progress bar on stderr (stdout stays clean for --json)."""
+
+    def __init__(self, plan, quiet: bool) -> None:  # noqa: ANN001
+        self.plan, self.quiet = plan, quiet or not sys.stderr.isatty()
+        self.bar = None
+
+    def __enter__(self):  # noqa: ANN204
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"{self.plan.recipe}:{self.plan.stage}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total} steps {task.fields[info]}"),
+                            TimeRemainingColumn(), console=Console(stderr=True))
+        self.bar.start()
+        self.task = self.bar.add_task("run", total=None, info="")
+
+        def update(metrics: dict[str, Any]) -> None:
+            info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr", "reward_mean"))
+            self.bar.update(self.task, completed=metrics["step"], info=info)
+
+        return update
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _print_plan(plan, doc: dict[str, Any]) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    out = console()
+    out.print(f"[bold]{plan.recipe}:{plan.stage}[/bold] ({plan.profile} profile) — plan only, nothing run")
+    hp = plan.hyperparameters
+    out.print(f"layout: {hp.get('num_processes', '?')} processes × {hp.get('per_device_batch_size', '?')} per device × "
+              f"{hp.get('gradient_accumulation_steps', '?')} accumulation = effective "
+              f"{hp.get('effective_batch_size')} {plan.layout.get('unit', '')}; "
+              f"deepspeed {plan.layout.get('deepspeed_config') or 'none'}")
+    table = Table(title="hyperparameters (resolved)")
+    for col in ("key", "value", "recorded"):
+        table.add_column(col, overflow="fold")
+    for key, value in hp.items():
+        table.add_row(key, fmt(value), "" if plan.recorded.get(key) == value else fmt(plan.recorded.get(key)))
+    out.print(table)
+    if plan.deviations:
+        dev = Table(title=f"deviations ({len(plan.deviations)})")
+        for col in ("key", "recorded", "value", "reason"):
+            dev.add_column(col, overflow="fold")
+        for d in plan.deviations:
+            dev.add_row(d["key"], fmt(d["recorded"]), fmt(d["value"]), d["reason"])
+        out.print(dev)
+    out.print("launch:")
+    out.print(doc["launch"]["command"], markup=False, highlight=False)
+    if doc.get("recorded_command"):
+        out.print("recorded command:")
+        out.print(doc["recorded_command"], markup=False, highlight=False)
+    if plan.layout.get("deepspeed_config"):
+        from runner.launch import CONFIGS
+
+        cfg = CONFIGS / plan.layout["deepspeed_config"]
+        if cfg.exists():
+            out.print(f"{cfg.name}:")
+            out.print(cfg.read_text(), markup=False, highlight=False)
+    del json
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)

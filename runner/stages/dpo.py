@@ -1,0 +1,154 @@
+"""Direct preference optimisation, as the recorded code did it.
+
+Tülu 3 (open-instruct dpo_tune.py / dpo_tune_cache.py @3dd7a07da): each side
+encoded like SFT (only the assistant turn trains), chosen and rejected in one
+concatenated forward, `dpo_norm` (each side's log-prob divided by its own
+trainable-token count, policy and reference alike) with β = 5, mean over
+pairs. The 8B run kept a live reference model (dpo_tune.py); the 70B/405B
+runs cached reference log-probs before training (dpo_tune_cache.py). Both are
+available here and give identical losses: the cache is computed over the very
+micro-batches training will see, with the initial (= SFT) weights.
+
+SmolLM2 (alignment-handbook ae3f44f run_dpo.py + TRL DPOTrainer): the strings
+the handbook built (ChatML), TRL tokenization (prompt keep-end at
+max_prompt_length, EOS on each completion, whole sequence cut at max_length),
+TRL's default sigmoid loss on summed log-probs with β = 0.5, live reference.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from runner import losses
+from runner.data import masking
+from runner.stagekit import (StageContext, input_path, load_causal_lm, load_rows, load_tokenizer, save_checkpoint,
+                             set_determinism, train_rows, write_metrics_file)
+from runner.stages.common import build_trainer, drive, loop_config
+from runner.trainer import epoch_order, micro_batches
+
+
+def encode_pairs(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict[str, list[int]]], int]:  # noqa: ANN001
+    out, dropped = [], 0
+    for row in rows:
+        if plan.family == "tulu3":
+            pair = masking.encode_preference_tulu(row["chosen"], row["rejected"], tokenizer,
+                                                  plan.hp("max_seq_length"), plan.chat_template)
+        else:
+            texts = masking.alignment_handbook_dpo_texts(row["chosen"], row["rejected"], tokenizer.bos_token)
+            pair = masking.encode_preference_trl(texts["prompt"], texts["chosen"], texts["rejected"], tokenizer,
+                                                 plan.hp("max_seq_length"), plan.hp("max_prompt_length"))
+        if pair is None:
+            dropped += 1
+        else:
+            out.append(pair)
+    return out, dropped
+
+
+def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """Per-pair log-probs of chosen and rejected from one forward over both (as upstream batches them)."""
+    rows = [{"input_ids": ex[f"{side}_input_ids"], "labels": ex[f"{side}_labels"],
+             "attention_mask": ex[f"{side}_attention_mask"]} for side in ("chosen", "rejected") for ex in batch]
+    tensors = masking.collate(rows, pad)
+    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+    logps = losses.sequence_logps(logits, tensors["labels"], average=average)
+    n = len(batch)
+    return logps[:n], logps[n:]
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    plan = ctx.plan
+    set_determinism(plan.hp("seed", 0))
+    parent = input_path(plan, "init")
+    tokenizer = load_tokenizer(parent, plan)
+    policy = load_causal_lm(parent)
+    loss_type = plan.hp("dpo_loss_type", "sigmoid")
+    beta = plan.hp("dpo_beta")
+    smoothing = plan.hp("label_smoothing", 0.0)
+    average = loss_type in ("dpo_norm", "simpo")
+    pad = tokenizer.pad_token_id
+    reference_mode = plan.extra.get("reference_mode") or "live"
+
+    rows = train_rows(plan)
+    pairs, dropped = encode_pairs(plan, rows, tokenizer)
+    cfg = loop_config(ctx, len(pairs))
+    order = epoch_order(len(pairs), cfg.seed, int(plan.hp("epochs", 1)))
+
+    def batches_for(update: int) -> list[list[int]]:
+        return micro_batches(order, update, cfg.per_device, cfg.accumulation, ctx.world, ctx.rank, len(pairs))
+
+    reference = None
+    cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    if loss_type != "simpo":
+        frozen = copy.deepcopy(policy).eval()
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        if reference_mode == "cached":
+            with torch.no_grad():  # dpo_tune_cache.py: reference log-probs once, over the training order
+                for update in range(cfg.run_updates):
+                    for i, mb in enumerate(batches_for(update)):
+                        cache[(update, i)] = concatenated_logps(frozen, [pairs[j] for j in mb], pad, average)
+            del frozen
+        else:
+            reference = frozen
+
+    trainer, total = build_trainer(ctx, {"model": policy}, list(policy.parameters()), len(pairs), cfg=cfg)
+    net = trainer.wrapped or policy  # under DDP the forward must go through the wrapper
+
+    def loss_fn(batch_ids: list[int], index: int):
+        batch = [pairs[j] for j in batch_ids]
+        pc, pr = concatenated_logps(net, batch, pad, average)
+        if loss_type == "simpo":
+            rc = rr = None
+        elif reference is not None:
+            with torch.no_grad():
+                rc, rr = concatenated_logps(reference, batch, pad, average)
+        else:
+            rc, rr = cache[(trainer.update, index)]
+        per_pair, chosen_r, rejected_r = losses.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type,
+                                                         label_smoothing=smoothing)
+        # open-instruct logs accuracy of the micro-batch's mean rewards (semantics.md quirk 10); pd = 1 here.
+        return per_pair.mean(), {"rewards_chosen": float(chosen_r.mean()), "rewards_rejected": float(rejected_r.mean()),
+                                 "rewards_margin": float((chosen_r - rejected_r).mean()),
+                                 "rewards_accuracy": float((chosen_r > rejected_r).float().mean())}
+
+    drive(ctx, trainer, loss_fn, batches_for)
+    policy.eval()
+    steps = ctx.record.steps
+    final: dict[str, Any] = {
+        "train_loss_first": steps[0]["loss"] if steps else None, "train_loss_last": steps[-1]["loss"] if steps else None,
+        "accuracy_first10": _mean(steps[:10], "rewards_accuracy"), "accuracy_last10": _mean(steps[-10:], "rewards_accuracy"),
+        "margin_first10": _mean(steps[:10], "rewards_margin"), "margin_last10": _mean(steps[-10:], "rewards_margin"),
+        "pairs": len(pairs), "pairs_dropped": dropped, "optimizer_steps": total, "reference": reference_mode,
+    }
+    if plan.heldout and loss_type != "simpo":
+        final.update(_heldout(plan, policy, load_causal_lm(parent).eval(), tokenizer, beta, loss_type, average))
+    ctx.record.final_metrics.update(final)
+    save_checkpoint(ctx, policy, tokenizer, datasets=[d["dataset"] for d in plan.datasets],
+                    base_model=plan.inputs.get("init", {}).get("checkpoint"))
+    write_metrics_file(ctx)
+    return final
+
+
+@torch.no_grad()
+def _heldout(plan, policy, reference, tokenizer, beta: float, loss_type: str, average: bool) -> dict[str, float]:  # noqa: ANN001
+    pairs, _ = encode_pairs(plan, load_rows(plan.heldout), tokenizer)
+    pad = tokenizer.pad_token_id
+    correct, margins, total_loss = 0, 0.0, 0.0
+    for ex in pairs:
+        pc, pr = concatenated_logps(policy, [ex], pad, average)
+        rc, rr = concatenated_logps(reference, [ex], pad, average)
+        loss, cr, rr_ = losses.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type)
+        correct += int(cr.item() > rr_.item())
+        margins += float(cr - rr_)
+        total_loss += float(loss)
+    n = max(len(pairs), 1)
+    return {"heldout_rewards_accuracy": correct / n, "heldout_rewards_margin": margins / n,
+            "heldout_loss": total_loss / n, "heldout_pairs": len(pairs)}
+
+
+def _mean(steps: list[dict[str, Any]], key: str) -> float | None:
+    values = [s[key] for s in steps if key in s]
+    return sum(values) / len(values) if values else None

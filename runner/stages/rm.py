@@ -1,0 +1,106 @@
+"""Reward model, as open-instruct reward_modeling.py @3dd7a07da trained Llama-3.1-Tulu-3-8B-RM.
+
+The SFT model loaded as a sequence classifier with one label and its score
+head re-initialised N(0, 1/√(hidden+1)); dropout off; each side of a pair is
+the whole conversation in the `tulu` template; pairs longer than the token
+limit are filtered out (not truncated); chosen and rejected go through one
+forward; the reward is the score at the last non-pad token; Bradley–Terry
+loss −mean log σ(r_w − r_l); accuracy counts ties as wrong. AdamW with
+eps 1e-5 and torch's default weight decay 0.01; linear schedule, no warmup.
+Evaluation on ultrafeedback_binarized_cleaned test_prefs (the code keeps
+at most 100 rows).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from runner import losses
+from runner.data import masking
+from runner.data.templates import render
+from runner.stagekit import (StageContext, input_path, load_rows, load_tokenizer, save_checkpoint, set_determinism,
+                             train_rows, write_metrics_file)
+from runner.stages.common import build_trainer, run_loop
+
+EVAL_ROWS = 100  # reward_modeling.py truncates its eval set to sanity_check_max_samples
+
+
+def load_reward_model(path, seed: int):  # noqa: ANN001, ANN201
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, torch_dtype=torch.float32)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    gen = torch.Generator().manual_seed(seed)
+    std = 1 / math.sqrt(model.config.hidden_size + 1)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=gen) * std)
+    return model
+
+
+def encode_pairs(rows: list[dict[str, Any]], tokenizer, template: str, max_tokens: int) -> tuple[list[dict], int]:  # noqa: ANN001
+    out, filtered = [], 0
+    for row in rows:
+        sides = {}
+        for side in ("chosen", "rejected"):
+            text = render(row[side], template, tokenizer.eos_token)
+            sides[side] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max(len(sides["chosen"]), len(sides["rejected"])) > max_tokens:
+            filtered += 1  # upstream filters over-long pairs instead of truncating them
+            continue
+        out.append(sides)
+    return out, filtered
+
+
+def pair_scores(model, batch: list[dict[str, list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    rows = [{"input_ids": ex[side]} for side in ("chosen", "rejected") for ex in batch]
+    ids = masking.collate(rows, pad)["input_ids"]
+    backbone = getattr(model, "module", model)
+    hidden = backbone.model(input_ids=ids, attention_mask=(ids != pad).long()).last_hidden_state
+    scores = losses.gather_at(backbone.score(hidden).squeeze(-1), losses.last_nonpad_index(ids, pad))
+    n = len(batch)
+    return scores[:n], scores[n:]
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    plan = ctx.plan
+    seed = plan.hp("seed", 1)
+    set_determinism(seed)
+    parent = input_path(plan, "init")
+    tokenizer = load_tokenizer(parent, plan)
+    model = load_reward_model(parent, seed)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id
+    limit = min(plan.hp("max_seq_length", 2048), plan.hp("max_prompt_length", 2048) or 2048)
+    pairs, filtered = encode_pairs(train_rows(plan), tokenizer, plan.chat_template, limit)
+    trainer, total = build_trainer(ctx, {"model": model}, list(model.parameters()), len(pairs))
+    net = trainer.wrapped or model
+
+    def loss_fn(batch_ids, _index: int):  # noqa: ANN001
+        batch = [pairs[j] for j in batch_ids] if isinstance(batch_ids[0], int) else batch_ids
+        chosen, rejected = pair_scores(net, batch, pad)
+        loss, accuracy = losses.bradley_terry_loss(chosen, rejected)
+        return loss, {"accuracy": float(accuracy), "chosen_score": float(chosen.mean()),
+                      "rejected_score": float(rejected.mean())}
+
+    run_loop(ctx, trainer, pairs, loss_fn)
+    model.eval()
+    steps = ctx.record.steps
+    final: dict[str, Any] = {"train_loss_first": steps[0]["loss"] if steps else None,
+                             "train_loss_last": steps[-1]["loss"] if steps else None,
+                             "pairs": len(pairs), "pairs_filtered": filtered, "optimizer_steps": total}
+    if plan.heldout:
+        held, held_filtered = encode_pairs(load_rows(plan.heldout)[:EVAL_ROWS], tokenizer, plan.chat_template, limit)
+        with torch.no_grad():
+            chosen, rejected = pair_scores(model, held, pad)
+            loss, accuracy = losses.bradley_terry_loss(chosen, rejected)
+        final.update({"heldout_accuracy": float(accuracy), "heldout_loss": float(loss), "heldout_pairs": len(held)})
+    ctx.record.final_metrics.update(final)
+    save_checkpoint(ctx, model, tokenizer, datasets=[d["dataset"] for d in plan.datasets],
+                    base_model=plan.inputs.get("init", {}).get("checkpoint"))
+    write_metrics_file(ctx)
+    return final
