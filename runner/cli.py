@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import sys
 
-from registry.cli import app, run_app
-from runner import run_cli
+import typer
 
+from registry.cli import app, run_app
+from runner import eval_cli, plan_cli, plots, run_cli
+
+plot_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                       help="PNG pictures: LR schedules, run curves, scorecards.")
+app.add_typer(plot_app, name="plot")
 run_cli.register(app)
-for _module in ("runner.plan_cli", "runner.eval_cli"):
-    try:  # registered when present (each adds commands; none imports torch at module level)
-        __import__(_module).__dict__  # noqa: B018
-        sys.modules[_module].register(app)
-    except ModuleNotFoundError:
-        pass
+plots.register(plot_app)
+plan_cli.register(app)
+eval_cli.register(app)
+eval_cli.register_plot(plot_app)
 
 
 def main() -> None:

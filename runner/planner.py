@@ -9,8 +9,8 @@ Memory accounting, per GPU. "GB" in keys means GiB (2**30 bytes), as nvidia-smi 
 - Mixed precision, per trained parameter: bf16 weights 2 B, gradients 2 B (4 B where the recording
   accumulates them in fp32), Adam 12 B (fp32 master, m, v). ZeRO-1 shards Adam over the
   data-parallel processes, ZeRO-2 also the gradients, ZeRO-3 also the weights.
-- CPU offload: optimizer offload moves Adam plus an fp32 gradient copy (16 B per sharded parameter)
-  to host memory; parameter offload (ZeRO-3) moves the bf16 weights too. Host memory is checked
+- CPU offload: optimizer offload moves Adam and the gradients (fp32 on the host: 16 B per sharded
+  parameter) to host memory; parameter offload (ZeRO-3) moves the bf16 weights too. Host memory is checked
   against CPU_GB_PER_NODE per node.
 - ZeRO-3 keeps two gathered modules live (the current and the prefetched one):
   2 × 2 B × max(one decoder layer, the embedding).
@@ -297,9 +297,9 @@ def _states(params: int, n: int, relief: Relief, grad_bytes: int, trained: bool 
     if relief.zero >= 3:
         w /= n
     host = 0.0
-    if relief.offload_optimizer and trained:
+    if relief.offload_optimizer and trained:  # ZeRO-Offload steps Adam on the CPU from fp32 gradients there
         host += o + 4.0 * params / n
-        o = 0.0
+        o, g = 0.0, (g if relief.zero < 2 else 0.0)
     if relief.offload_params and relief.zero >= 3:
         host, w = host + w, 0.0
     return w, g, o, host
@@ -330,8 +330,9 @@ def _estimate(ctx: _Ctx, n: int, pd: int, relief: Relief, gc: bool, ranks_per_no
         vw, vg, vo, vh = _states(rparams, n, relief, ctx.grad_bytes)
         rw, _, _, rh = _states(rparams, n, relief, ctx.grad_bytes, trained=False)
         reward_gb, host = vw + vg + vo + rw, host + vh + rh
-        act = max(act + logits, _activations(rshape, tokens, gc, False)[0])  # policy, then value: not at once
-        logits = 0.0
+        value_act = _activations(rshape, tokens, gc, False)[0]  # policy, then value: never at once
+        if value_act > act + logits:
+            act, logits = value_act, 0.0
     gather = 2 * 2.0 * gather_params if relief.zero >= 3 else 0.0
     parts = {"weights": w, "gradients": g, "optimizer": o, "reference": frozen, "reward_value": reward_gb,
              "zero3_gather": gather, "activations": act, "logits": logits}
@@ -509,12 +510,16 @@ def _rlvr_layout(ctx: _Ctx, sizes: list[int], tp: int, actors: int, lrbs: int, p
         extra = sum(r // tp for r in rest) if tp <= max(sizes) else 0  # spare GPUs become more engines
         engines = engines or 1 + extra
     machines = sum(1 for s, f, a in zip(sizes, free, per_node) if a or f < s)
-    ga = lrbs // pd
-    return PlannedLayout(actors, machines, pd, ga, actors * lrbs, ctx.unit, relief.zero, relief.offload_optimizer,
-                         relief.offload_params, True, relief.config, actor_gpus=actors,
-                         actor_gpus_per_node=[a for a in per_node if a], vllm_engines=engines,
-                         vllm_tensor_parallel_size=tp, local_rollout_batch_size=lrbs, local_mini_batch_size=lrbs,
-                         rollout_batch=actors * lrbs)
+    return _rl_layout(ctx, actors, machines, pd, lrbs, relief, True, engines, tp, [a for a in per_node if a])
+
+
+def _rl_layout(ctx: _Ctx, actors: int, machines: int, pd: int, lrbs: int, relief: Relief, gc: bool, engines: int,
+               tp: int, per_node: list[int] | None) -> PlannedLayout:
+    """One mini-batch per rollout batch: local_mini_batch_size = local_rollout_batch_size = pd × GA."""
+    return PlannedLayout(actors, machines, pd, lrbs // pd, actors * lrbs, ctx.unit, relief.zero,
+                         relief.offload_optimizer, relief.offload_params, gc, relief.config, actor_gpus=actors,
+                         actor_gpus_per_node=per_node, vllm_engines=engines, vllm_tensor_parallel_size=tp,
+                         local_rollout_batch_size=lrbs, local_mini_batch_size=lrbs, rollout_batch=actors * lrbs)
 
 
 def _plan_rlvr(ctx: _Ctx, gpus: int, sizes: list[int], exact_only: bool = False):
@@ -551,3 +556,192 @@ def _plan_rlvr(ctx: _Ctx, gpus: int, sizes: list[int], exact_only: bool = False)
         lay.est_memory_gb, lay.vllm_memory_gb = memo[pick]["total_gb"], vmem["weights_gb"] + VLLM_WORKSPACE_GB
         return lay, {**memo[pick], "vllm": vmem}
     return None
+
+
+# ---------------------------------------------------------------- the recorded layout, the minimum
+
+
+def _relief_of(ctx: _Ctx, zero: int | None, offload: bool | None) -> Relief:
+    zero = ctx.stage.layout.zero_stage if zero is None else zero
+    offload = bool(ctx.stage.layout.offload) if offload is None else offload
+    match = [r for r in ctx.ladder if (r.level > 0) == offload]
+    return next((r for r in match if r.zero == zero), match[0] if match else ctx.ladder[0])
+
+
+def _recorded(ctx: _Ctx) -> tuple[PlannedLayout, int] | None:
+    """The recorded layout and its GPU count, where the recording states it in full."""
+    st, lay = ctx.stage, ctx.stage.layout
+    relief = _relief_of(ctx, None, None)
+    pd, ga = hp(st, "per_device_batch_size"), hp(st, "gradient_accumulation_steps")
+    if st.name == "rlvr":
+        actors, tp, lrbs = lay.actor_gpus, lay.vllm_tensor_parallel_size, lay.local_rollout_batch_size
+        if not (actors and tp and lrbs and pd):
+            return None
+        engines = lay.vllm_engines or 1
+        total = lay.gpus or (lay.nodes * GPUS_PER_NODE if lay.nodes else actors + engines * tp)
+        return _rl_layout(ctx, actors, lay.nodes or math.ceil(total / GPUS_PER_NODE), pd, lrbs, relief,
+                          ctx.gc_recorded, engines, tp, lay.actor_gpus_per_node), total
+    n = hp(st, "num_processes") or lay.gpus
+    if not (n and pd):
+        return None
+    machines = hp(st, "num_machines") or lay.nodes or math.ceil(n / GPUS_PER_NODE)
+    return _dp_layout(ctx, n, machines, pd, ga or 1, replace(relief, config=lay.deepspeed_config or relief.config),
+                      ctx.gc_recorded), n
+
+
+def _measure(ctx: _Ctx, lay: PlannedLayout, per_node: int) -> dict[str, Any]:
+    n = lay.actor_gpus or lay.num_processes
+    relief = Relief(lay.zero_stage, lay.offload_optimizer, lay.offload_params)
+    mem = _estimate(ctx, n, lay.per_device_batch_size, relief, lay.gradient_checkpointing, min(n, per_node))
+    lay.est_memory_gb = mem["total_gb"]
+    if lay.vllm_tensor_parallel_size:
+        mem["vllm"] = _vllm(ctx, lay.vllm_tensor_parallel_size, lay.rollout_batch or 1)
+        lay.vllm_memory_gb = round(mem["vllm"]["weights_gb"] + VLLM_WORKSPACE_GB, 2)
+    return mem
+
+
+def _minimum(ctx: _Ctx) -> int | None:
+    """Least GPUs holding the model at pd 1 with recomputation and the deepest offload (None: none do)."""
+    deepest, extra = ctx.ladder[-1], 0
+    if ctx.stage.name == "rlvr":
+        tps = [t for t in (2**k for k in range(12)) if _tp_ok(ctx, t, GPUS_PER_NODE) and _vllm(ctx, t, ctx.batch or 1)["fits"]]
+        if not tps:
+            return None
+        extra = tps[0]
+    n = next((n for n in range(1, MAX_GPUS) if _estimate(ctx, n, 1, deepest, True, min(n, GPUS_PER_NODE))["fits"]), None)
+    return None if n is None else n + extra
+
+
+def minimum_gpus(registry: Registry, recipe: str, stage: str, gpu_memory_gb: float = 80.0) -> int | None:
+    """The least GPU count (8 per node, with the deepest offload the stage's framework offers) that holds
+    the stage; for RLVR it includes the vLLM GPUs. None where no count up to MAX_GPUS does."""
+    return _minimum(_context(registry, recipe, stage, gpu_memory_gb))
+
+
+# ---------------------------------------------------------------- plan and check
+
+_COMPARED = ("num_processes", "num_machines", "per_device_batch_size", "gradient_accumulation_steps", "zero_stage",
+             "offload_optimizer", "offload_params", "gradient_checkpointing", "actor_gpus", "vllm_engines",
+             "vllm_tensor_parallel_size", "local_rollout_batch_size", "local_mini_batch_size")
+
+
+def _changes(rec: PlannedLayout | None, lay: PlannedLayout) -> list[dict[str, Any]]:
+    if rec is None:
+        return []
+    return [{"key": k, "recorded": getattr(rec, k), "planned": getattr(lay, k)} for k in _COMPARED
+            if getattr(rec, k) != getattr(lay, k)]
+
+
+def _plan_on(ctx: _Ctx, gpus: int, sizes: list[int], exact_only: bool = False):
+    if ctx.stage.name == "rlvr":
+        return _plan_rlvr(ctx, gpus, sizes, exact_only)
+    if exact_only and ctx.batch and ctx.batch % gpus:
+        return None
+    return _plan_dp(ctx, gpus, sizes)
+
+
+def _alternatives(ctx: _Ctx, gpus: int, need: int) -> list[dict[str, Any]]:
+    """The nearest GPU counts, fewer (leaving some idle) and more, on which every invariant holds."""
+    out = []
+    for label, counts in (("fewer", range(gpus - 1, need - 1, -1)), ("more", range(gpus + 1, 2 * gpus + 17))):
+        for m in counts:
+            sizes = _node_sizes(m, None)
+            plan = _plan_on(ctx, m, sizes, exact_only=True)
+            if plan and all(i.kept for i in _invariants(ctx, plan[0], plan[1], m, max(sizes))):
+                what = f"use {m} of the {gpus} GPUs ({gpus - m} idle)" if label == "fewer" else f"with {m} GPUs"
+                out.append({"gpus": m, "description": what, "breaks": [], "layout": asdict(plan[0])})
+                break
+    return out
+
+
+def _validate(gpus: int, gpu_memory_gb: float, nodes: int | None) -> None:
+    if gpus <= 0:
+        raise ReproError(f"--gpus must be a positive integer (got {gpus})")
+    if gpu_memory_gb <= OVERHEAD_GB:
+        raise ReproError(f"--gpu-memory must exceed {OVERHEAD_GB:g} GB (got {gpu_memory_gb:g})")
+    if nodes is not None and (nodes <= 0 or gpus % nodes):
+        raise ReproError(f"--gpus {gpus} do not split evenly over --nodes {nodes}")
+
+
+def plan_layout(registry: Registry, recipe: str, stage: str, gpus: int, gpu_memory_gb: float = 80.0,
+                nodes: int | None = None) -> PlanResult:
+    """A layout for `gpus` GPUs keeping the recorded batch semantics, or the closest ones and what breaks."""
+    ctx = _context(registry, recipe, stage, gpu_memory_gb)  # unknown names first: they are the likelier typo
+    _validate(gpus, gpu_memory_gb, nodes)
+    need = _minimum(ctx)
+    offload = "CPU offload" if any(r.level for r in ctx.ladder) else f"ZeRO-{ctx.ladder[-1].zero}"
+    if need is None or gpus < need:
+        at_least = f"at least {need}" if need else f"more than {MAX_GPUS}"
+        raise ReproError(f"{recipe} {stage} needs {at_least} GPUs of {gpu_memory_gb:g} GB even with {offload} "
+                         f"(asked for {gpus})")
+    sizes = _node_sizes(gpus, nodes)
+    per_node = max(sizes)
+    rec = _recorded(ctx)
+    lay = mem = None
+    if rec and gpus == rec[1] and nodes in (None, rec[0].num_machines):
+        lay = replace(rec[0])
+        mem = _measure(ctx, lay, per_node)
+        if not all(i.kept for i in _invariants(ctx, lay, mem, gpus, per_node)):
+            lay = None
+    plan = (lay, mem) if lay else _plan_on(ctx, gpus, sizes)
+    if plan is None:
+        raise ReproError(f"{recipe} {stage}: no layout fits {gpus} GPUs over {len(sizes)} nodes")
+    lay, mem = plan
+    invariants = _invariants(ctx, lay, mem, gpus, per_node)
+    changes = _changes(rec[0] if rec else None, lay)
+    result = PlanResult(recipe, stage, gpus, gpu_memory_gb, len(sizes), all(i.kept for i in invariants),
+                        rec is not None and not changes, lay, mem, invariants, changes,
+                        assumptions=list(ctx.assumptions))
+    if not result.feasible:
+        result.alternatives = _alternatives(ctx, gpus, need)
+        result.warnings.append("breaks " + ", ".join(result.broken) + "; see the alternatives")
+    relief = next((r for r in ctx.ladder if (r.zero, r.offload_optimizer, r.offload_params)
+                   == (lay.zero_stage, lay.offload_optimizer, lay.offload_params)), None)
+    if relief and relief.deviation:
+        result.warnings.append(relief.deviation)
+    what = " and ".join(w for w, on in (("optimizer", lay.offload_optimizer), ("parameters", lay.offload_params)) if on)
+    mem["verdict"] = (f"{'fits' if mem['fits'] else 'does not fit'}: {mem['total_gb']} of {gpu_memory_gb:g} GB per GPU"
+                      + (f" with CPU offload of the {what} ({mem['host_offload_gb_per_node']} GB host memory "
+                         "per node; slower)" if what else ""))
+    used = (lay.actor_gpus or lay.num_processes) + (lay.vllm_engines or 0) * (lay.vllm_tensor_parallel_size or 0)
+    if used < gpus:
+        result.warnings.append(f"{gpus - used} of the {gpus} GPUs stay idle in this layout")
+    if mem["total_gb"] > 0.9 * gpu_memory_gb and mem["fits"]:
+        result.warnings.append(f"the estimate ({mem['total_gb']} GB) is within 10% of the GPU's memory")
+    if ctx.batch is None:
+        result.warnings.append(f"{recipe} {stage} records no batch size: this layout keeps no batch semantics")
+    if stage == "sft" and not ctx.sum_loss and hp(ctx.stage, "packing") is not True and rec \
+            and lay.per_device_batch_size != rec[0].per_device_batch_size:
+        result.warnings.append("per-device batch differs from the recording: a per-micro-batch mean loss over "
+                               "unpacked sequences weighs tokens differently")
+    return result
+
+
+def check_layout(registry: Registry, recipe: str, stage: str, num_processes: int, per_device: int,
+                 accumulation: int, *, gpu_memory_gb: float = 80.0, zero_stage: int | None = None,
+                 offload: bool | None = None, gradient_checkpointing: bool | None = None,
+                 nodes: int | None = None) -> list[Invariant]:
+    """The invariants a user-given layout keeps or breaks (kept=False names the broken ones).
+
+    RLVR: num_processes is the actor GPU count and per_device × accumulation the local mini-batch
+    (= local rollout batch, one mini-batch); the vLLM engines are the recorded ones.
+    """
+    for name, value in (("num_processes", num_processes), ("per_device_batch_size", per_device),
+                        ("gradient_accumulation_steps", accumulation)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ReproError(f"{name} must be a positive integer (got {value!r})")
+    ctx = _context(registry, recipe, stage, gpu_memory_gb)
+    relief = _relief_of(ctx, zero_stage, offload)
+    gc = ctx.gc_recorded if gradient_checkpointing is None else gradient_checkpointing
+    if ctx.stage.name == "rlvr":
+        lay_rec = ctx.stage.layout
+        tp, engines = lay_rec.vllm_tensor_parallel_size or 1, lay_rec.vllm_engines or 1
+        gpus = num_processes + tp * engines
+        lay = _rl_layout(ctx, num_processes, nodes or math.ceil(gpus / GPUS_PER_NODE), per_device,
+                         per_device * accumulation, relief, gc, engines, tp, None)
+    else:
+        gpus = num_processes
+        lay = _dp_layout(ctx, num_processes, nodes or math.ceil(gpus / GPUS_PER_NODE), per_device, accumulation,
+                         relief, gc)
+    per_node = max(_node_sizes(gpus, nodes if nodes and gpus % nodes == 0 else None))
+    return _invariants(ctx, lay, _measure(ctx, lay, per_node), gpus, per_node)

@@ -26,7 +26,6 @@ OVERRIDES: dict[tuple[str, str], dict[str, tuple[Any, str]]] = {
         "gradient_accumulation_steps": (8, "effective batch 8 from 1 process with per-device 1 kept (sum loss)"),
         "learning_rate": (2e-3, LR_REASON),
         "max_seq_length": (96, SHORT_SEQ),
-        "epochs": (2, "kept"),
     },
     ("tulu3", "dpo"): {
         "num_processes": (1, ONE_PROCESS), "num_machines": (1, ONE_PROCESS),
@@ -44,9 +43,9 @@ OVERRIDES: dict[tuple[str, str], dict[str, tuple[Any, str]]] = {
     },
     ("tulu3", "rlvr"): {
         "learning_rate": (3e-4, LR_REASON),
-        "response_length": (12, "fixture answers are a few tokens; short rollouts keep CPU generation fast"),
-        "max_seq_length": (96, SHORT_SEQ), "max_prompt_length": (64, SHORT_SEQ),
-        "total_episodes": (640, "40 PPO steps of 16 prompts fit in about a minute on CPU"),
+        "response_length": (24, "fixture answers are a few tokens; short rollouts keep CPU generation fast"),
+        "max_seq_length": (160, SHORT_SEQ), "max_prompt_length": (128, SHORT_SEQ),
+        "total_episodes": (1600, "100 PPO steps of 16 prompts: about a minute on CPU"),
         "per_device_batch_size": (4, "micro-batches of 4 rollouts (the recorded 2 or 1 only changes memory use)"),
         "warmup_ratio": (0.0, "kept"),
     },

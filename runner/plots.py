@@ -1,0 +1,120 @@
+"""`repro plot schedule` and `repro plot curves`: PNG pictures people would rather look at than read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from registry.errors import ReproError
+
+CURVE_KEYS = ("loss", "lr", "grad_norm", "rewards_accuracy", "rewards_margin", "accuracy", "reward_mean", "kl",
+              "non_stop_rate", "response_length", "loss_web", "loss_code", "loss_math")
+
+
+def _pyplot():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[float], str]:
+    """The LR of every optimizer update, as the recorded code steps its scheduler."""
+    from registry.cli import registry
+    from registry.derive import optimizer_steps
+    from runner import schedules
+    from runner.plan import resolve
+
+    reg = registry()
+    plan = resolve(reg, recipe, stage, profile)
+    hp = plan.hyperparameters
+    if profile == "recorded":
+        total = optimizer_steps(reg.model, reg.stage(recipe, stage))
+    elif stage == "rlvr":
+        total = hp["total_episodes"] // hp["effective_batch_size"] * hp.get("num_ppo_epochs", 1)
+    elif stage == "pretrain":
+        total = hp["train_steps"]
+    else:
+        from runner.trainer import updates_for
+
+        rows = sum(1 for d in plan.datasets if d["role"] == "train" for _ in open(d["path"]))
+        total = updates_for(rows, hp.get("per_device_batch_size", 1), hp.get("gradient_accumulation_steps", 1), 1,
+                            int(hp.get("epochs", 1)))
+    if not total:
+        raise ReproError(f"the total optimizer steps of {recipe}:{stage} ({profile}) are not derivable from the "
+                         "recorded values")
+    convention = "open-instruct" if plan.family == "tulu3" else "hf-trainer"
+    warmup = hp.get("warmup_steps")
+    if warmup is None:
+        warmup = schedules.warmup_steps_for(total, hp.get("warmup_ratio", 0.0), convention)
+    kwargs = {}
+    if hp.get("lr_scheduler") == "wsd":
+        kwargs = {"peak": hp["learning_rate"], "min_lr": hp.get("min_learning_rate", 0.0),
+                  "decay_start": hp.get("decay_start_step"), "decay_steps": hp.get("decay_steps"),
+                  "decay_style": hp.get("decay_style", "linear")}
+    fn = schedules.build_schedule(hp.get("lr_scheduler", "linear"), total, warmup, **kwargs)
+    stride = max(1, total // 4000)  # millions of steps: plot a thinned curve, exact at the sampled points
+    points = [hp["learning_rate"] * fn(k) for k in range(0, total, stride)]
+    label = f"{hp.get('lr_scheduler')} · peak {hp['learning_rate']:g} · {total:,} updates · warmup {warmup:,}"
+    return points, label if stride == 1 else label + f" (every {stride} updates)"
+
+
+def schedule_cmd(recipe: str, stage: str = typer.Option(..., "--stage", "-s"),
+                 profile: str = typer.Option("recorded", "--profile"),
+                 output: Path = typer.Option(..., "--output", "-o", help="PNG file to write")):
+    """The learning rate of every optimizer update, as the recorded code stepped it."""
+    points, label = schedule_points(recipe, stage, profile)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(range(len(points)), points)
+    ax.set_title(f"{recipe}:{stage} learning rate ({profile})\n{label}", fontsize=9)
+    ax.set_xlabel("optimizer update (sampled)" if "every" in label else "optimizer update")
+    ax.set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    typer.echo(f"wrote {output}")
+
+
+def curves_cmd(run: str, output: Optional[Path] = typer.Option(None, "--output", "-o"),
+               keys: list[str] = typer.Option([], "--key", help="metric to plot (repeatable)")):
+    """A run's per-step curves (loss, lr, rewards, ...)."""
+    from registry.database import session_scope
+    from registry.queries import get_run
+
+    with session_scope() as session:
+        row = get_run(session, run)
+        if row is None:
+            raise ReproError(f"unknown run {run!r}; see `repro runs`")
+        run_dir = Path(row.run_dir)
+    steps = json.loads((run_dir / "run.json").read_text())["steps"]
+    if not steps:
+        raise ReproError(f"run {run} recorded no steps")
+    available = [k for k in CURVE_KEYS if any(k in s for s in steps)]
+    wanted = keys or available[:4]
+    unknown = [k for k in wanted if not any(k in s for s in steps)]
+    if unknown:
+        raise ReproError(f"run {run} has no metric {unknown[0]!r} (available: {', '.join(available)})")
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(wanted), 1, figsize=(8, 2.2 * len(wanted)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], wanted):
+        xs = [s["step"] for s in steps if key in s]
+        ax.plot(xs, [s[key] for s in steps if key in s])
+        ax.set_ylabel(key)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(f"{row.recipe}:{row.stage} — {row.id}", fontsize=9)
+    fig.tight_layout()
+    output = output or run_dir / "curves.png"
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    typer.echo(f"wrote {output}")
+
+
+def register(plot_app: typer.Typer) -> None:
+    plot_app.command("schedule")(schedule_cmd)
+    plot_app.command("curves")(curves_cmd)

@@ -1,0 +1,278 @@
+"""RLVR: PPO with verifiable rewards, as open-instruct ppo_vllm_thread_ray_gtrl.py @3dd7a07da ran it.
+
+Per training step (tulu3.md §2.4, semantics.md "PPO"):
+1. Sample one response per prompt at temperature 1.0 from the generation
+   engine, which holds the policy one update behind (async mode: the engine
+   generates step t's batch while the learner trains on step t−1's).
+2. Log-probs of the sampled tokens under the policy (π_old) and the frozen
+   reference (the DPO checkpoint), both with logits / (T + 1e-7).
+3. Truncate after the first EOS; ℓ = last kept index.
+4. Score = verifier reward (10 × verified, one scoring function per task,
+   release-era behaviour) + multiplier × RM score (0.0 as recorded; the RM
+   forward still runs, as it did then); no EOS → the score is replaced by −10.
+5. Per-token reward −β·kl (kl1) up to ℓ, the score added at ℓ+1.
+6. Values from the value model (initialised from the reward model), zeroed
+   beyond ℓ+1; GAE with γ = 1, λ = 0.95; advantages whitened over t ≤ ℓ.
+7. 4 PPO epochs over the rollout batch (one mini-batch, a fresh permutation
+   each epoch, micro-batches of the per-device size): clipped policy loss
+   (0.2) and clipped value loss × 0.1, separate models and optimizers
+   (AdamW, weight decay 0.01), each clipped to norm 1.0, one optimizer step
+   per PPO epoch; linear LR over training steps × PPO epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from typing import Any
+
+import torch
+
+from runner import losses, schedules, verifiers
+from runner.data.fixtures import load_fixture
+from runner.data.templates import render
+from runner.generation import generate
+from runner.stagekit import (StageContext, input_path, load_causal_lm, load_tokenizer, save_checkpoint,
+                             set_determinism, write_metrics_file)
+from runner.stages.rm import load_reward_model
+from runner.trainer import epoch_order, fault_injection
+from runner.records import heartbeat
+
+LOGIT_EPS = 1e-7  # logits / (T + 1e-7), as the recorded trainer computed log-probs
+
+
+def prompt_rows(plan, tokenizer) -> tuple[list[dict[str, Any]], int]:  # noqa: ANN001
+    """Prompts in the RLVR schema, rendered with the generation prompt; over-long ones filtered and counted."""
+    rows, filtered = [], 0
+    max_prompt = plan.hp("max_prompt_length")
+    max_total = plan.hp("max_seq_length")
+    for entry in [d for d in plan.datasets if d["role"] == "train"]:
+        for i, row in enumerate(load_fixture(entry["path"], entry["schema"]), start=1):
+            problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
+            if problem:
+                from registry.errors import ReproError
+
+                raise ReproError(f"{entry['path']} row {i}: malformed ground truth: {problem}")
+            messages = row["messages"][:-1] if len(row["messages"]) > 1 else row["messages"]
+            ids = tokenizer(render(messages, plan.chat_template, tokenizer.eos_token, add_generation_prompt=True),
+                            add_special_tokens=False)["input_ids"]
+            if len(ids) > max_prompt or len(ids) + plan.hp("response_length") > max_total:
+                filtered += 1
+                continue
+            rows.append({"ids": ids, "ground_truth": row["ground_truth"], "dataset": row["dataset"]})
+    return rows, filtered
+
+
+def _forward_positions(ids: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:
+    mask = (ids != pad).long()
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - mask).clamp(min=0)}
+
+
+def response_logps(model, query_response: torch.Tensor, context: int, pad: int, temperature: float) -> torch.Tensor:  # noqa: ANN001
+    logits = model(**_forward_positions(query_response, pad)).logits[:, context - 1:-1]
+    logits = logits / (temperature + LOGIT_EPS)
+    return torch.gather(torch.log_softmax(logits.float(), -1), 2, query_response[:, context:].unsqueeze(-1)).squeeze(-1)
+
+
+def token_values(value_model, query_response: torch.Tensor, context: int, pad: int) -> torch.Tensor:  # noqa: ANN001
+    backbone = getattr(value_model, "module", value_model)
+    hidden = backbone.model(**_forward_positions(query_response, pad)).last_hidden_state
+    return backbone.score(hidden).squeeze(-1)[:, context - 1:-1]
+
+
+def rm_scores(reward_model, query_response: torch.Tensor, pad: int) -> torch.Tensor:  # noqa: ANN001
+    hidden = reward_model.model(**_forward_positions(query_response, pad)).last_hidden_state
+    scores = reward_model.score(hidden).squeeze(-1)
+    # The last non-pad token: queries are left-padded, so look for the first pad after the context.
+    nonpad = (query_response != pad).long()
+    last = (nonpad * torch.arange(query_response.shape[1])).argmax(1)
+    return losses.gather_at(scores, last)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    plan = ctx.plan
+    hp = plan.hp
+    seed = hp("seed", 0)
+    set_determinism(seed)
+    policy_path, rm_path = input_path(plan, "init"), input_path(plan, "reward_model")
+    value_path = input_path(plan, "value_model") or rm_path
+    if rm_path is None:
+        from registry.errors import ReproError
+
+        raise ReproError(f"{plan.recipe}:rlvr needs its reward model; run `repro run {plan.recipe} --stage rm "
+                         f"--profile smoke` first (the 70B/405B recipes use the 8B RM)")
+    tokenizer = load_tokenizer(policy_path, plan)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    policy = load_causal_lm(policy_path)
+    reference = load_causal_lm(input_path(plan, "reference") or policy_path).eval()
+    generator = copy.deepcopy(policy).eval()  # the "vLLM engine": weights synced one update late
+    value_model = load_reward_model(value_path, seed)
+    _load_trained_head(value_model, value_path)
+    reward_model = load_reward_model(rm_path, seed).eval()
+    _load_trained_head(reward_model, rm_path)
+    for frozen in (reference, reward_model, generator):
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+
+    prompts, filtered = prompt_rows(plan, tokenizer)
+    if not prompts:
+        from registry.errors import ReproError
+
+        raise ReproError(f"all {filtered} prompts exceed max_prompt_length {hp('max_prompt_length')} "
+                         f"(or max_seq_length {hp('max_seq_length')} with the response)")
+    batch = hp("effective_batch_size")
+    samples = hp("samples_per_prompt", 1)
+    steps = hp("total_episodes") // (batch * samples)
+    if ctx.max_updates is not None:
+        steps = min(steps, ctx.max_updates)
+    ppo_epochs, minibatches = hp("num_ppo_epochs", 4), hp("num_mini_batches", 1)
+    total_opt = hp("total_episodes") // (batch * samples) * ppo_epochs * minibatches
+    warmup = schedules.warmup_steps_for(total_opt, hp("warmup_ratio", 0.0), "open-instruct")
+    opt_kwargs = dict(lr=hp("learning_rate"), betas=(hp("adam_beta1", 0.9), hp("adam_beta2", 0.999)),
+                      eps=hp("adam_epsilon", 1e-8), weight_decay=hp("weight_decay", 0.01))
+    policy_opt = torch.optim.AdamW(policy.parameters(), **opt_kwargs)
+    value_opt = torch.optim.AdamW(value_model.parameters(), **opt_kwargs)
+    schedule = schedules.build_schedule(hp("lr_scheduler", "linear"), total_opt, warmup)
+    policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, schedule)
+    value_sched = torch.optim.lr_scheduler.LambdaLR(value_opt, schedule)
+    order = epoch_order(len(prompts), seed, steps * batch // max(len(prompts), 1) + 1)
+    state_file = ctx.record.state_dir / "latest.pt"
+    start = 0
+    if ctx.resume and state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        for module, key in ((policy, "policy"), (value_model, "value"), (generator, "generator")):
+            module.load_state_dict(state[key])
+        for obj, key in ((policy_opt, "policy_opt"), (value_opt, "value_opt"), (policy_sched, "policy_sched"),
+                         (value_sched, "value_sched")):
+            obj.load_state_dict(state[key])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+        ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= start]
+    else:
+        ctx.record.steps = []
+    pending = {k: v.clone() for k, v in policy.state_dict().items()}  # weights the engine receives next
+
+    temperature = hp("temperature", 1.0)
+    length = hp("response_length")
+    version = plan.extra.get("verifier_version") or "release-2024-11"
+    for step in range(start, steps):
+        rows = [prompts[i] for i in order[step * batch:(step + 1) * batch]]
+        completions = generate(generator, tokenizer, [r["ids"] for r in rows], max_new_tokens=length,
+                               temperature=temperature, seed=seed * 100003 + step, batch_size=batch)
+        generator.load_state_dict(pending)  # async mode: the engine now gets the weights of the last update
+        context = max(len(r["ids"]) for r in rows)
+        responses = torch.full((len(rows), length), pad, dtype=torch.long)
+        queries = torch.full((len(rows), context), pad, dtype=torch.long)
+        for b, (row, comp) in enumerate(zip(rows, completions)):
+            queries[b, context - len(row["ids"]):] = torch.tensor(row["ids"])
+            responses[b, :len(comp.response_ids)] = torch.tensor(comp.response_ids[:length])
+        responses, last, has_eos = losses.first_eos_truncation(responses, eos, pad)
+        query_response = torch.cat([queries, responses], 1)
+        with torch.no_grad():
+            old_logp = response_logps(policy, query_response, context, pad, temperature)
+            ref_logp = response_logps(reference, query_response, context, pad, temperature)
+            old_values = token_values(value_model, query_response, context, pad)
+            rm = rm_scores(reward_model, query_response, pad)
+        texts = [tokenizer.decode(responses[b, :int(last[b]) + 1], skip_special_tokens=True) for b in range(len(rows))]
+        verified = torch.tensor([verifiers.score(r["dataset"], t, r["ground_truth"], version)
+                                 for r, t in zip(rows, texts)])
+        scores = hp("verifier_reward", 10) * verified + hp("reward_model_multiplier", 0.0) * rm
+        if hp("non_stop_penalty", True):
+            scores = losses.apply_non_stop_penalty(scores, has_eos, hp("penalty_reward_value", -10.0),
+                                                   last_index=last)
+        policy_mask, value_mask = losses.ppo_masks(last, length)
+        kl = losses.kl_per_token(old_logp, ref_logp, hp("kl_estimator", "kl1"))
+        rewards = losses.ppo_rewards(kl, scores, last, hp("kl_beta"))
+        old_values = torch.where(value_mask, old_values, torch.zeros_like(old_values))
+        advantages, returns = losses.gae(rewards, old_values, hp("gamma", 1.0), hp("lam", 0.95))
+        advantages = losses.whiten_advantages(advantages, policy_mask)
+
+        pd = hp("per_device_batch_size")
+        stats: dict[str, float] = {"pg_loss": 0.0, "vf_loss": 0.0, "pg_clipfrac": 0.0, "approxkl": 0.0}
+        lr = policy_opt.param_groups[0]["lr"]
+        generator_rng = torch.Generator().manual_seed(seed * 7919 + step)
+        for _epoch in range(ppo_epochs):
+            perm = torch.randperm(len(rows), generator=generator_rng).tolist()
+            micro = [perm[i:i + pd] for i in range(0, len(perm), pd)]
+            for mb in micro:
+                new_logp = response_logps(policy, query_response[mb], context, pad, temperature)
+                pg_loss, clipfrac, approxkl = losses.ppo_policy_loss(new_logp, old_logp[mb], advantages[mb],
+                                                                      policy_mask[mb], hp("cliprange", 0.2))
+                values = token_values(value_model, query_response[mb], context, pad)
+                vf_loss, _ = losses.ppo_value_loss(values, old_values[mb], returns[mb], value_mask[mb],
+                                                   hp("cliprange_value", 0.2))
+                (pg_loss / len(micro)).backward()
+                (hp("vf_coef", 0.1) * vf_loss / len(micro)).backward()
+                for key, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", clipfrac),
+                                   ("approxkl", approxkl)):
+                    stats[key] += float(value) / (len(micro) * ppo_epochs)
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), hp("max_grad_norm", 1.0))
+            torch.nn.utils.clip_grad_norm_(value_model.parameters(), hp("max_grad_norm", 1.0))
+            policy_opt.step(), value_opt.step()
+            policy_sched.step(), value_sched.step()
+            policy_opt.zero_grad(set_to_none=True), value_opt.zero_grad(set_to_none=True)
+        pending = {k: v.clone() for k, v in policy.state_dict().items()}
+        lengths = (last + 1).float()
+        metrics = {
+            "step": step + 1, "episode": (step + 1) * batch * samples, "lr": lr,
+            "reward_mean": float(verified.mean() * hp("verifier_reward", 10)),
+            "verified_rate": float(verified.mean()), "score_mean": float(scores.mean()),
+            "rm_score_mean": float(rm.mean()), "non_stop_rate": float((~has_eos).float().mean()),
+            "response_length": float(lengths.mean()),
+            "kl": float((kl * policy_mask).sum(1).mean()), **stats,
+        }
+        ctx.record.steps.append(metrics)
+        if ctx.progress:
+            ctx.progress(metrics)
+        if (step + 1) % 5 == 0 or step + 1 == steps:
+            _save_state(ctx, step + 1, policy, value_model, generator, policy_opt, value_opt, policy_sched, value_sched)
+            heartbeat(ctx.record)
+        fault_injection(step + 1)
+
+    rewards_seen = [s["reward_mean"] for s in ctx.record.steps]
+    k = max(1, len(rewards_seen) // 4)
+    final = {"reward_mean_first": sum(rewards_seen[:k]) / k, "reward_mean_last": sum(rewards_seen[-k:]) / k,
+             "reward_mean_last10": sum(rewards_seen[-10:]) / min(10, len(rewards_seen)),
+             "non_stop_rate_last": ctx.record.steps[-1]["non_stop_rate"], "training_steps": steps,
+             "optimizer_steps": steps * ppo_epochs * minibatches, "prompts": len(prompts),
+             "prompts_filtered": filtered, "episodes": steps * batch * samples}
+    if plan.heldout:
+        final.update(evaluate_prompts(policy, tokenizer, plan, version))
+    ctx.record.final_metrics.update(final)
+    save_checkpoint(ctx, policy, tokenizer, datasets=[d["dataset"] for d in plan.datasets],
+                    base_model=plan.inputs.get("init", {}).get("checkpoint"))
+    write_metrics_file(ctx)
+    return final
+
+
+def _load_trained_head(model, path) -> None:  # noqa: ANN001
+    """load_reward_model re-initialises the score head (right for a new RM); value and reward models
+    start from the trained RM, head included."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "model.safetensors"))
+    with torch.no_grad():
+        model.score.weight.copy_(weights["score.weight"])
+
+
+def _save_state(ctx: StageContext, step: int, *objects) -> None:  # noqa: ANN002
+    keys = ("policy", "value", "generator", "policy_opt", "value_opt", "policy_sched", "value_sched")
+    state = {k: o.state_dict() for k, o in zip(keys, objects)}
+    state.update({"step": step, "rng": torch.get_rng_state(), "python_rng": random.getstate()})
+    ctx.record.state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ctx.record.state_dir / "latest.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, ctx.record.state_dir / "latest.pt")
+    ctx.record.save()
+
+
+@torch.no_grad()
+def evaluate_prompts(policy, tokenizer, plan, version: str) -> dict[str, float]:  # noqa: ANN001
+    """Greedy accuracy on the held-out prompts (the in-loop eval of the recorded run)."""
+    rows = load_fixture(plan.heldout["path"], plan.heldout["schema"])
+    prompts = [render(r["messages"][:1], plan.chat_template, tokenizer.eos_token, add_generation_prompt=True)
+               for r in rows]
+    comps = generate(policy, tokenizer, prompts, max_new_tokens=plan.hp("response_length"), temperature=0.0)
+    hits = [verifiers.score(r["dataset"], c.text, r["ground_truth"], version) for r, c in zip(rows, comps)]
+    return {"heldout_verified_rate": sum(hits) / max(len(hits), 1), "heldout_prompts": len(hits)}
