@@ -206,7 +206,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 (hp("vf_coef", 0.1) * vf_loss / len(micro)).backward()
                 for key, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", clipfrac),
                                    ("approxkl", approxkl)):
-                    stats[key] += float(value) / (len(micro) * ppo_epochs)
+                    stats[key] += float(value.detach()) / (len(micro) * ppo_epochs)
             torch.nn.utils.clip_grad_norm_(policy.parameters(), hp("max_grad_norm", 1.0))
             torch.nn.utils.clip_grad_norm_(value_model.parameters(), hp("max_grad_norm", 1.0))
             policy_opt.step(), value_opt.step()

@@ -84,8 +84,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         batch = [pairs[j] for j in batch_ids] if isinstance(batch_ids[0], int) else batch_ids
         chosen, rejected = pair_scores(net, batch, pad)
         loss, accuracy = losses.bradley_terry_loss(chosen, rejected)
-        return loss, {"accuracy": float(accuracy), "chosen_score": float(chosen.mean()),
-                      "rejected_score": float(rejected.mean())}
+        return loss, {"accuracy": float(accuracy.detach()), "chosen_score": float(chosen.detach().mean()),
+                      "rejected_score": float(rejected.detach().mean())}
 
     run_loop(ctx, trainer, pairs, loss_fn)
     model.eval()
