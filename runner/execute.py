@@ -97,6 +97,30 @@ def _verify_checkpoint(path: Path, run_id: str) -> None:
                          f"the recorded {recorded[:12]}; rerun that stage")
 
 
+def preflight(plan: RunPlan) -> None:
+    """Check every data file before anything is written: a bad row is bad input (exit 2), named by its row."""
+    from runner.data.fixtures import FixtureError, load_fixture
+
+    entries = [d for d in plan.datasets if d.get("path")] + ([plan.heldout] if plan.heldout else [])
+    for entry in entries:
+        try:
+            rows = load_fixture(entry["path"], entry["schema"])
+        except FixtureError as exc:
+            raise ReproError(str(exc)) from None
+        except FileNotFoundError:
+            raise ReproError(f"data file not found: {entry['path']}") from None
+        if entry["schema"] == "rlvr":
+            from runner import verifiers
+
+            for i, row in enumerate(rows, start=1):
+                try:
+                    problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
+                except ValueError as exc:
+                    problem = str(exc)
+                if problem:
+                    raise ReproError(f"{entry['path']} row {i}: malformed ground truth: {problem}")
+
+
 def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord | None = None,
             output_dir: Path | None = None, progress: Callable | None = None, max_updates: int | None = None,
             tensorboard: bool = False, accelerator=None) -> RunRecord:  # noqa: ANN001

@@ -12,6 +12,7 @@ starts two, which is what this module does.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -48,15 +49,47 @@ def recorded_launch(plan: RunPlan, run_dir: str = "RUN_DIR") -> list[str]:
     return argv + entry
 
 
+# Short names for the configs kept in runner/configs (`--deepspeed zero2`); a file name there or a path works too.
+DEEPSPEED_ALIASES = {
+    "zero2": "zero2_cpu.json",
+    "zero3": "stage3_no_offloading_accelerate.conf",
+    "zero3_offload": "stage3_offloading_accelerate.conf",
+}
+
+
+def resolve_deepspeed_config(name: str) -> Path:
+    """The DeepSpeed JSON a `--deepspeed` value names; one-line ReproError when there is none."""
+    from registry.errors import ReproError
+
+    candidates = [CONFIGS / DEEPSPEED_ALIASES.get(name, name), Path(name).expanduser()]
+    for path in candidates:
+        if path.is_file():
+            try:
+                json.loads(path.read_text())
+            except ValueError as exc:
+                raise ReproError(f"DeepSpeed config {path} is not valid JSON: {exc}") from None
+            return path.resolve()
+    known = sorted(DEEPSPEED_ALIASES) + sorted(p.name for p in CONFIGS.iterdir() if p.suffix in (".json", ".conf"))
+    raise ReproError(f"unknown DeepSpeed config {name!r} (valid: {', '.join(known)}, or a path to a JSON file)")
+
+
 def cpu_launch(num_processes: int, run_dir: Path, deepspeed: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """argv and env for N real CPU processes (gloo)."""
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    """argv and env for N real CPU processes (gloo).
+
+    `--cpu` would be the obvious flag, but with it accelerate starts a single process whatever
+    --num_processes says; `--multi_gpu` with ACCELERATE_USE_CPU=1 goes through torchrun and starts N.
+    """
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
             str(num_processes), "--num_machines", "1", "--main_process_port", str(_free_port()),
             "--mixed_precision", "no", "--dynamo_backend", "no"]
     if deepspeed:
-        env["REPRO_DEEPSPEED_CONFIG"] = str(CONFIGS / deepspeed)
+        env["REPRO_DEEPSPEED_CONFIG"] = str(resolve_deepspeed_config(deepspeed))
+        # DeepSpeed JIT-builds a CPU op on first use (~30-60 s); a stable cache dir makes that once per machine.
         env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "repro" / "torch_extensions"))
+    # The workers import runner from this source tree whether or not the project is installed.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return argv + ["-m", "runner.execute", "--run-dir", str(run_dir)], env
 
 
@@ -78,16 +111,58 @@ def shell(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def make_accelerator():  # noqa: ANN201
+def deepspeed_config_for(path: str | Path, plan: RunPlan | None, num_processes: int) -> dict[str, Any]:
+    """The DeepSpeed config with its "auto" entries filled from the plan, as accelerate would from a dataloader.
+
+    The stages feed micro-batches themselves (no DataLoader for accelerate to read a batch size from), so
+    accelerate cannot fill train_micro_batch_size_per_gpu; and its default clipping (1.0) must be the plan's.
+    """
+    config = json.loads(Path(path).read_text())
+    if plan is None:
+        return config
+    pd = int(plan.hp("per_device_batch_size", 1))
+    ga = int(plan.hp("gradient_accumulation_steps", 1))
+    clip = plan.hp("max_grad_norm", 1.0)
+    fill = {"train_micro_batch_size_per_gpu": pd, "gradient_accumulation_steps": ga,
+            "train_batch_size": pd * ga * num_processes, "gradient_clipping": float(clip or 0.0)}
+    for key, value in fill.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+    for key in ("bf16", "fp16"):  # the CPU path trains in fp32, as the 1-process run does
+        if isinstance(config.get(key), dict) and config[key].get("enabled") == "auto":
+            config[key]["enabled"] = False
+    return config
+
+
+def make_accelerator(plan: RunPlan | None = None):  # noqa: ANN201
     """The Accelerator for a launched worker: DDP on gloo, or DeepSpeed when a config is given."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    class _Accelerator(Accelerator):
+        """DeepSpeed must see the optimizer when it wraps the model; the stages prepare the model alone
+        (runner.stages.common.build_trainer) before the Trainer builds the optimizer, so a lone module is
+        returned as is under DeepSpeed and the Trainer prepares model + optimizer together."""
+
+        def prepare(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            import torch
+
+            if (self.distributed_type == DistributedType.DEEPSPEED and len(args) == 1
+                    and isinstance(args[0], torch.nn.Module)):
+                return args[0]
+            return super().prepare(*args, **kwargs)
 
     ds_config = os.environ.get("REPRO_DEEPSPEED_CONFIG")
     if ds_config:
         from accelerate.utils import DeepSpeedPlugin
 
-        return Accelerator(cpu=True, deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds_config))
-    return Accelerator(cpu=True)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        config = deepspeed_config_for(ds_config, plan, world)
+        plugin = DeepSpeedPlugin(hf_ds_config=config)
+        ga = config.get("gradient_accumulation_steps")
+        return _Accelerator(cpu=True, deepspeed_plugin=plugin,
+                            gradient_accumulation_steps=ga if isinstance(ga, int) else 1)
+    return _Accelerator(cpu=True)
 
 
 def worker_main(run_dir: Path) -> None:
@@ -98,16 +173,25 @@ def worker_main(run_dir: Path) -> None:
     from runner.records import RunRecord
     from runner.stagekit import StageContext
 
-    accelerator = make_accelerator()
     record = RunRecord.load(run_dir)
+    accelerator = make_accelerator(record.plan)
     ctx = StageContext(plan=record.plan, record=record, accelerator=accelerator,
                        max_updates=record.plan.extra.get("max_updates"))
     importlib.import_module(STAGE_MODULES[record.plan.stage]).run(ctx)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record.save()
+    accelerator.end_training()  # destroys the process group: no "destroy_process_group() was not called" warning
 
 
 def describe(plan: RunPlan) -> dict[str, Any]:
-    return {"launcher": plan.layout.get("launcher"), "argv": recorded_launch(plan),
-            "command": shell(recorded_launch(plan))}
+    out = {"launcher": plan.layout.get("launcher"), "argv": recorded_launch(plan),
+           "command": shell(recorded_launch(plan))}
+    ds = plan.layout.get("deepspeed_config")
+    if ds and (CONFIGS / ds).is_file():
+        text = (CONFIGS / ds).read_text()
+        try:
+            out["deepspeed_config"] = {"file": ds, "config": json.loads(text)}
+        except ValueError:  # the accelerate YAML of the RM stage: shown as text
+            out["deepspeed_config"] = {"file": ds, "text": text}
+    return out

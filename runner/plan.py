@@ -255,7 +255,7 @@ def _data_plan(registry: Registry, recipe: Recipe, stage: Stage, profile: str, h
         datasets = unique + [d for d in datasets if d["role"] != "train"]
         names = sorted({d["dataset"] for d in datasets if d["role"] == "train"})
         deviations.append(Deviation("datasets", [u.dataset for u in stage.datasets if u.role == "train"],
-                                    [Path(d["path"]).relative_to(smoke.ROOT).as_posix() for d in unique],
+                                    [_display_path(d["path"]) for d in unique],
                                     f"fixtures in the real schema of {', '.join(names) or 'the recorded data'}; "
                                     "small and learnable"))
     heldout = None
@@ -305,6 +305,11 @@ def _fixture_mixture(mixture: dict[str, float]) -> dict[str, float]:
             buckets["web"] += share
     total = sum(buckets.values()) or 1.0
     return {k: round(v / total, 6) for k, v in buckets.items() if v > 0}
+
+
+def _display_path(path: str) -> str:
+    resolved = Path(path).resolve()
+    return resolved.relative_to(smoke.ROOT).as_posix() if resolved.is_relative_to(smoke.ROOT) else str(resolved)
 
 
 def runs_root() -> Path:

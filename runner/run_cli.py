@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -60,7 +59,7 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Execute one stage (or print its plan with --dry-run)."""
-    from runner.launch import describe, shell
+    from runner.launch import describe
     from runner.plan import parse_sets, resolve
 
     reg = registry()
@@ -92,8 +91,7 @@ def run_cmd(
             raise ReproError(f"the recorded profile of {recipe}:{stage} needs {'; '.join(missing)}. See it with "
                              f"`repro run {recipe} --stage {stage} --dry-run` or `repro plan {recipe} --stage {stage} "
                              f"--gpus N`, or run the miniature with --profile smoke")
-    from runner.execute import execute, resolve_inputs
-    from runner.records import RunRecord
+    from runner.execute import execute, preflight, resolve_inputs
 
     resume_record = None
     if resume:
@@ -101,6 +99,7 @@ def run_cmd(
         plan = resume_record.plan
         resolved = resume_record.inputs
     else:
+        preflight(plan)
         resolved = resolve_inputs(reg, plan, substitutes)
         plan.inputs = resolved
         for role, ref in resolved.items():
@@ -121,7 +120,6 @@ def run_cmd(
     out.print(f"[bold green]{record.status}[/bold green] {record.run_id}  →  {record.run_dir}")
     out.print("final: " + ", ".join(f"{k}={fmt(v)}" for k, v in record.final_metrics.items() if v is not None))
     out.print(f"{len(record.plan.deviations)} deviations from the recording (repro runs / run.json)")
-    del RunRecord, shell
 
 
 def _resumable(recipe: str, stage: str, profile: str):  # noqa: ANN202
@@ -242,7 +240,6 @@ def _print_plan(plan, doc: dict[str, Any]) -> None:  # noqa: ANN001
         if cfg.exists():
             out.print(f"{cfg.name}:")
             out.print(cfg.read_text(), markup=False, highlight=False)
-    del json
 
 
 def register(app: typer.Typer) -> None:

@@ -8,11 +8,13 @@ Each entry becomes a deviation in the run record.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
+# REPRO_FIXTURES points the smoke profile at another copy of the fixture files (same names and schemas).
+FIXTURES = Path(os.environ.get("REPRO_FIXTURES", ROOT / "fixtures")).resolve()
 
 SMALL_DATA = "fixture data is small; the miniature needs more signal per step"
 LR_REASON = "a ~300k-parameter miniature does not move at the recorded LR within a one-minute run"

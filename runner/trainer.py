@@ -104,7 +104,7 @@ class Trainer:
         self.modules = modules  # what resumable state saves (unwrapped modules)
         self.state_dir = state_dir
         self.accelerator = accelerator
-        self.wrapped = wrapped  # the DDP-wrapped model under accelerate, for no_sync
+        self.wrapped = wrapped  # the DDP-wrapped model under accelerate, for no_sync; the engine under DeepSpeed
         trainable = [p for p in params if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=config.betas, eps=config.eps,
                                            weight_decay=config.weight_decay)
@@ -113,6 +113,28 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.update = 0
         self.params = trainable
+        self.engine = None  # the DeepSpeed engine, when the accelerator runs DeepSpeed
+        if accelerator is not None and uses_deepspeed(accelerator):
+            self._prepare_deepspeed(modules["model"])
+
+    def _prepare_deepspeed(self, model: torch.nn.Module) -> None:
+        """DeepSpeed needs the optimizer at initialize time, so the Trainer (which owns it) prepares both.
+
+        Our torch AdamW is handed over as a client optimizer (no fused/CPU Adam op to build); the scheduler
+        stays ours because the recorded quirk steps it `steps_per_update` times per update, which a DeepSpeed
+        scheduler (stepped once per boundary) cannot express. ZeRO keeps the base optimizer's param_groups,
+        so LambdaLR's writes to `lr` reach the partitioned step.
+        """
+        if type(self.wrapped).__name__ == "DeepSpeedEngine":
+            self.engine = self.wrapped
+            return
+        engine, _ = self.accelerator.prepare(model, self.optimizer)
+        self.engine = engine
+        self.wrapped = engine
+
+    @property
+    def world(self) -> int:
+        return 1 if self.accelerator is None else self.accelerator.num_processes
 
     # ------------------------------------------------------------------ state
 
@@ -123,7 +145,9 @@ class Trainer:
         state = {
             "update": self.update,
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
-            "optimizer": self.optimizer.state_dict(),
+            # Under ZeRO each rank holds only its optimizer partition; rank 0's alone cannot resume the run,
+            # so DeepSpeed runs save none (load_state then refuses to resume them).
+            "optimizer": None if self.engine is not None else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "extra": extra,
@@ -139,6 +163,11 @@ class Trainer:
         state = torch.load(path, weights_only=False)
         for key, module in self.modules.items():
             module.load_state_dict(state["modules"][key])
+        if state["optimizer"] is None or self.engine is not None:
+            from registry.errors import ReproError
+
+            raise ReproError(f"{path} was written by a DeepSpeed run (or this is one): its partitioned optimizer "
+                             "state was not saved, so it cannot resume; start a new run")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -150,6 +179,8 @@ class Trainer:
 
     def step(self, batches: list[list[dict[str, Any]]], loss_fn: LossFn) -> StepMetrics:
         """One optimizer update over this process's micro-batches."""
+        if self.engine is not None:
+            return self._step_deepspeed(batches, loss_fn)
         lr = self.optimizer.param_groups[0]["lr"]
         totals: dict[str, float] = {}
         loss_sum = 0.0
@@ -181,10 +212,68 @@ class Trainer:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.update += 1
-        n = max(len(batches), 1)
-        out = {"step": self.update, "loss": loss_sum / n, "lr": lr, "grad_norm": float(norm)}
+        return self._metrics(lr, float(norm), loss_sum, len(batches), totals)
+
+    def _step_deepspeed(self, batches: list[list[dict[str, Any]]], loss_fn: LossFn) -> StepMetrics:
+        """One update through the DeepSpeed engine, with the same gradient as the DDP path.
+
+        The engine would divide by its own accumulation count and decide the boundary from its micro-step
+        counter (accelerate's `backward` even marks every micro-batch a boundary unless inside
+        `accumulate()`); we own both instead: the boundary is set before each forward (ZeRO needs it then),
+        the loss is divided by the planned accumulation exactly as in the DDP path (scale_wrt_gas=False), and
+        `engine.step()` runs once, at the boundary, where it reduces, clips (gradient_clipping = the plan's
+        max_grad_norm) and steps. A rank with fewer micro-batches at an epoch's end still steps correctly.
+        """
+        engine = self.engine
+        lr = self.optimizer.param_groups[0]["lr"]
+        totals: dict[str, float] = {}
+        loss_sum = 0.0
+        ga = self.config.accumulation
+        for i, batch in enumerate(batches):
+            engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+            loss, metrics = loss_fn(batch, i)
+            engine.backward(loss / ga, scale_wrt_gas=False)
+            loss_sum += float(loss.detach())
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        engine.step()
+        # Known difference: with DeepSpeed 0.19.8 + torch 2.13 the engine reports (for ZeRO-1 and -2 alike)
+        # exactly 1/accumulation of the norm DDP and the 1-process run report, while losses match them to
+        # ~1e-8; see tests/runner/test_multiprocess.py. Logged as DeepSpeed reports it.
+        norm = engine.get_global_grad_norm()
+        for _ in range(self.config.steps_per_update):
+            self.scheduler.step()
+        self.update += 1
+        return self._metrics(lr, float(norm) if norm is not None else float("nan"), loss_sum, len(batches), totals)
+
+    def _metrics(self, lr: float, norm: float, loss_sum: float, n: int, totals: dict[str, float]) -> StepMetrics:
+        """Step metrics over every process's micro-batches (one process: this process's, unchanged).
+
+        The gradient is already the mean over all N·GA micro-batches; the logged loss must be the same mean,
+        not rank 0's share, or a 2-process curve would not match the 1-process one.
+        """
+        if self.world > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.world
+            # Objects, not a tensor all-reduce: a rank may have no micro-batch (and no metric keys) at an
+            # epoch's end, and every rank must still take part with the same call.
+            dist.all_gather_object(gathered, (loss_sum, n, totals))
+            loss_sum = sum(g[0] for g in gathered)
+            n = sum(g[1] for g in gathered)
+            merged: dict[str, float] = {}
+            for _, _, part in gathered:
+                for k, v in part.items():
+                    merged[k] = merged.get(k, 0.0) + v
+            totals = merged
+        n = max(n, 1)
+        out = {"step": self.update, "loss": loss_sum / n, "lr": lr, "grad_norm": norm}
         out.update({k: v / n for k, v in totals.items()})
         return out
+
+
+def uses_deepspeed(accelerator) -> bool:  # noqa: ANN001
+    return getattr(getattr(accelerator, "distributed_type", None), "value", None) == "DEEPSPEED"
 
 
 def fault_injection(update: int) -> None:

@@ -54,7 +54,8 @@ def smoke_runs(smoke_home):
                 code, out, err = run_cli("run", recipe, "--stage", stage, "--profile", "smoke", "--json")
                 assert code == 0, f"{recipe}:{stage} failed: {err}"
                 summary = json.loads(out)
-                records[(recipe, stage)] = json.loads((Path(summary["run_dir"]) / "run.json").read_text())
+                run_dir = Path(summary["run_dir"])
+                records[(recipe, stage)] = json.loads((run_dir / "run.json").read_text()) | {"run_dir": str(run_dir)}
     finally:
         mp.undo()
         database._engine_for.cache_clear()

@@ -16,18 +16,12 @@ def _mean(values):
     return sum(values) / len(values)
 
 
-def _run_dir(record) -> Path:
-    code, out, _ = run_cli("runs", "--json", "--limit", "200")
-    rows = {r["id"]: r for r in json.loads(out)}
-    return Path(rows[record["run_id"]]["run_dir"])
-
-
 def test_checkpoints_load_and_carry_a_model_card(in_smoke_home):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     for (recipe, stage), record in in_smoke_home.items():
         assert record["status"] == "succeeded", (recipe, stage)
-        ckpt = _run_dir(record) / "checkpoint"
+        ckpt = Path(record["run_dir"]) / "checkpoint"
         loader = AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
         model = loader.from_pretrained(ckpt)
         assert sum(p.numel() for p in model.parameters()) < 1_000_000

@@ -1,0 +1,80 @@
+"""Dataset versions from DVC hashes: the fixture files that stand in for each published dataset.
+
+The fixtures are DVC pipeline dependencies (dvc.yaml), so `dvc status` and the
+registry hash them the same way (`registry.hashing.dvc_hash`: a file's md5, or a
+directory's `.dir` tree digest). Each stand-in becomes a `DatasetVersionRow` with an
+empty revision (it is not a hub revision) and that content hash; recording the same
+content twice adds nothing, and edited content adds a new version beside the old one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from registry.db import DatasetRow, DatasetVersionRow
+from registry.hashing import dvc_hash
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Datasets without a FIXTURE_FOR entry whose stand-in is a whole fixture directory.
+EXTRA_FIXTURES = {"smollm2-corpus": "smollm2/pretrain"}
+
+
+def fixture_paths(root: Path | None = None) -> dict[str, Path]:
+    """dataset name -> the fixture file (or directory) that stands in for it in the smoke profile."""
+    from runner.smoke import FIXTURE_FOR
+
+    base = (root or PROJECT_ROOT) / "fixtures"
+    out = {name: base / rel for name, (rel, _schema) in FIXTURE_FOR.items()}
+    out.update({name: base / rel for name, rel in EXTRA_FIXTURES.items()})
+    return out
+
+
+def _rows(path: Path) -> int | None:
+    if path.is_file() and path.suffix == ".jsonl":
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    return None
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def record_fixture_versions(session: Session, paths_by_dataset: Mapping[str, str | Path] | None = None
+                            ) -> list[DatasetVersionRow]:
+    """Add a version (revision "", content_hash = DVC hash) for each dataset's stand-in path; idempotent.
+
+    `paths_by_dataset` maps a dataset name (or hub id) to a file or directory; None means
+    `fixture_paths()`. Datasets the database does not know (recipes.json not synced, or a
+    name it lacks) and paths that do not exist are skipped. Returns the version rows for
+    the given datasets, existing or new, in input order.
+    """
+    mapping = fixture_paths() if paths_by_dataset is None else paths_by_dataset
+    out: list[DatasetVersionRow] = []
+    for name, raw_path in mapping.items():
+        path = Path(raw_path)
+        if not path.exists():
+            continue
+        dataset = session.scalar(select(DatasetRow).where(or_(DatasetRow.name == name, DatasetRow.hub_id == name))
+                                 .order_by(DatasetRow.name != name).limit(1))
+        if dataset is None:
+            continue
+        digest = dvc_hash(path)
+        version = session.scalar(select(DatasetVersionRow).where(DatasetVersionRow.dataset_id == dataset.id,
+                                                                 DatasetVersionRow.revision == "",
+                                                                 DatasetVersionRow.content_hash == digest))
+        if version is None:
+            version = DatasetVersionRow(dataset_id=dataset.id, revision="", content_hash=digest,
+                                        path=_display_path(path), rows=_rows(path))
+            session.add(version)
+            session.flush()
+        out.append(version)
+    return out

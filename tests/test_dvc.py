@@ -1,0 +1,352 @@
+"""DVC: the miniature pipelines in dvc.yaml, fixture hashes as dataset versions, lineage against DVC hashes.
+
+The slow tests build one DVC project from a copy of the working tree (git init + commit in a
+temporary directory), run `dvc repro` for tulu3-8b (sft → dpo → rm → rlvr) and smollm2-135m
+(pretrain → sft → dpo) once, commit the result, and check it from there: nothing reruns,
+metrics/params/plots commands work, a recipe edit reruns only its stages (in a clone restored
+from the cache, where the run database has never seen the upstream runs), push/pull through a
+directory remote restores the artifacts bit for bit, and a tampered fixture is reported by both
+`dvc status` and `repro lineage --verify` without anything being overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = {"tulu3-8b": ["sft", "dpo", "rm", "rlvr"], "smollm2-135m": ["pretrain", "sft", "dpo"]}
+STAGES = [f"{recipe}-{stage}" for recipe, stages in PIPELINES.items() for stage in stages]
+LEAVES = [f"{recipe}-{stages[-1]}" for recipe, stages in PIPELINES.items()]
+BIN = Path(sys.executable).parent
+
+
+def _dvc_yaml() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+# ---------------------------------------------------------------- fast: dvc.yaml against the registry
+
+
+def _stage_args(cmd: str) -> tuple[str, str, list[str], str]:
+    args = cmd.split()
+    assert args[:3] == ["repro", "run", args[2]], cmd
+    stage = args[args.index("--stage") + 1]
+    inputs = [args[i + 1] for i, a in enumerate(args) if a == "--input"]
+    return args[2], stage, inputs, args[args.index("--output-dir") + 1]
+
+
+def test_dvc_yaml_stages_name_registry_recipes_and_stages() -> None:
+    """Every dvc.yaml stage runs a recipe and stage the registry has, under its own name and directory."""
+    from registry.recipes import load_recipes
+
+    reg = load_recipes(ROOT / "recipes.json")
+    stages = _dvc_yaml()
+    problems = []
+    for name, body in stages.items():
+        recipe, stage, inputs, out_dir = _stage_args(body["cmd"])
+        if recipe not in reg.model.recipes or stage not in [s.name for s in reg.model.recipes[recipe].stages]:
+            problems.append(f"{name}: {recipe}:{stage} is not a stage in recipes.json")
+            continue
+        if name != f"{recipe}-{stage}" or out_dir != f"pipelines/{recipe}/{stage}":
+            problems.append(f"{name}: name or output directory does not match {recipe}:{stage}")
+        for ref in inputs:
+            path = ref.split("=", 1)[1]
+            if path not in body["deps"]:
+                problems.append(f"{name}: input {path} is not a dependency")
+    assert not problems, "\n".join(problems)
+    expected = {f"{r}-{s.name}" for r, recipe in reg.model.recipes.items() for s in recipe.stages}
+    assert set(stages) == expected
+
+
+def test_dvc_yaml_is_generated_from_recipes_json() -> None:
+    """dvc.yaml is what pipelines/generate.py writes for the current recipes.json and code layout."""
+    out = subprocess.run([sys.executable, str(ROOT / "pipelines" / "generate.py"), "--check"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_dvc_yaml_params_select_one_recipe_each() -> None:
+    """Each stage's params resolve (dpath, as DVC reads them) to that recipe's own entry, dotted names included."""
+    import dpath
+
+    raw = json.loads((ROOT / "recipes.json").read_text())
+    for name, body in _dvc_yaml().items():
+        recipe, stage, _, _ = _stage_args(body["cmd"])
+        (keys,) = [entry["recipes.json"] for entry in body["params"]]
+        for key in keys:
+            value = dpath.get(raw, key, separator=".")  # raises when a glob matches two recipes
+            field = key.rsplit(".", 2)
+            if field[-2] == "stages":
+                assert value == raw["recipes"][recipe]["stages"][int(field[-1])] and value["name"] == stage, key
+            else:
+                assert value == raw["recipes"][recipe][field[-1]], key
+
+
+def test_dvc_yaml_rejects_unknown_recipe_or_stage(tmp_path: Path) -> None:
+    """The registry check catches a stage that names a recipe or stage recipes.json lacks."""
+    from registry.errors import ReproError
+    from registry.recipes import load_recipes
+
+    reg = load_recipes(ROOT / "recipes.json")
+    for cmd in ("repro run tulu3-9b --stage sft --profile smoke --output-dir pipelines/tulu3-9b/sft",
+                "repro run tulu3-8b --stage kto --profile smoke --output-dir pipelines/tulu3-8b/kto"):
+        recipe, stage, _, _ = _stage_args(cmd)
+        with pytest.raises(ReproError):
+            reg.stage(recipe, stage)
+
+
+def test_record_fixture_versions_is_idempotent(tmp_path: Path, db_url: str) -> None:
+    from sqlalchemy import select
+
+    from registry.database import session_scope
+    from registry.db import DatasetRow, DatasetVersionRow
+    from registry.dvc_versions import fixture_paths, record_fixture_versions
+    from registry.hashing import dvc_hash
+    from registry.recipes import load_recipes
+    from registry.sync import sync
+
+    url = db_url
+    paths = fixture_paths()
+    assert paths["allenai/tulu-3-sft-mixture"] == ROOT / "fixtures/tulu3/tulu-3-sft-mixture.jsonl"
+    edited = tmp_path / "smoltalk.jsonl"
+    shutil.copy(paths["HuggingFaceTB/smol-smoltalk"], edited)
+    with session_scope(url) as session:
+        sync(session, load_recipes(ROOT / "recipes.json"))
+        synced = session.query(DatasetVersionRow).count()  # hub revisions recorded in recipes.json
+        first = record_fixture_versions(session, paths)
+        again = record_fixture_versions(session, paths)
+        assert [v.id for v in first] == [v.id for v in again]
+        count = session.query(DatasetVersionRow).count()
+        assert count == synced + len(paths)
+        sft = session.scalar(select(DatasetRow).where(DatasetRow.name == "allenai/tulu-3-sft-mixture"))
+        (version,) = session.scalars(select(DatasetVersionRow).where(DatasetVersionRow.dataset_id == sft.id,
+                                                                      DatasetVersionRow.revision == ""))
+        assert version.revision == "" and version.rows == 400
+        assert version.content_hash == dvc_hash(paths["allenai/tulu-3-sft-mixture"])
+        assert version.path == "fixtures/tulu3/tulu-3-sft-mixture.jsonl"
+        corpus = record_fixture_versions(session, {"smollm2-corpus": paths["smollm2-corpus"]})
+        assert corpus[0].content_hash.endswith(".dir")
+        # Edited content is a new version beside the old one; unknown datasets and missing files are skipped.
+        with open(edited, "a") as fh:
+            fh.write(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}], "source": "x"}) + "\n")
+        new = record_fixture_versions(session, {"HuggingFaceTB/smol-smoltalk": edited, "no/such-dataset": edited,
+                                                "HuggingFaceTB/smoltalk": tmp_path / "missing.jsonl"})
+        assert len(new) == 1 and new[0].content_hash == dvc_hash(edited) and new[0].rows == 401
+        assert session.query(DatasetVersionRow).count() == count + 1
+
+
+# ---------------------------------------------------------------- slow: dvc repro in a temporary project
+
+
+def _copy_tree(dest: Path) -> None:
+    """The working tree as git sees it (tracked and untracked-but-not-ignored files), without pipeline outputs."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in sorted(set(filter(None, listed))):
+        parts = Path(rel).parts
+        if parts[0] == "pipelines" and len(parts) > 2:
+            continue  # outputs of a pipeline run in the source tree
+        src = ROOT / rel
+        if not src.is_file():
+            continue  # deleted in the working tree
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+class Project:
+    def __init__(self, path: Path, home: Path) -> None:
+        self.path, self.home = path, home
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "REPRO_HOME": str(home),
+                    "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "repro tests",
+                    "GIT_AUTHOR_EMAIL": "tests@repro.invalid", "GIT_COMMITTER_NAME": "repro tests",
+                    "GIT_COMMITTER_EMAIL": "tests@repro.invalid", "PYTHONPATH": str(path)}
+        for key in ("REPRO_DATABASE_URL", "REPRO_RECIPES", "REPRO_RUNS_DIR", "GIT_DIR", "GIT_WORK_TREE"):
+            self.env.pop(key, None)
+
+    def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+        out = subprocess.run(list(args), cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+        return out
+
+    def git(self, *args: str) -> subprocess.CompletedProcess:
+        return self.run("git", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", *args)
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(str(BIN / "dvc"), *args, check=check)
+
+    def clone(self, dest: Path, home: Path) -> "Project":
+        self.git("clone", "-q", str(self.path), str(dest))
+        return Project(dest, home)
+
+
+def _ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def _tree_md5(path: Path) -> dict[str, str]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {p.relative_to(path.parent).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+
+
+def _artifacts(project: Project) -> dict[str, str]:
+    out = {}
+    for recipe, stages in PIPELINES.items():
+        for stage in stages:
+            base = project.path / "pipelines" / recipe / stage
+            for name in ("checkpoint", "run.json", "metrics.json", "steps.tsv"):
+                out.update({f"{recipe}/{k}": v for k, v in _tree_md5(base / name).items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    base = tmp_path_factory.mktemp("dvc")
+    project = Project(base / "project", base / "home")
+    _copy_tree(project.path)
+    project.git("init", "-q")
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "copy of the working tree")
+    first = project.dvc("repro", *LEAVES)
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "dvc repro")
+    project.first_output = first.stdout + first.stderr  # type: ignore[attr-defined]
+    return project
+
+
+@pytest.mark.slow
+def test_repro_runs_every_stage_in_order(pipeline: Project) -> None:
+    ran = _ran(pipeline.first_output)  # type: ignore[attr-defined]
+    assert sorted(ran) == sorted(STAGES), pipeline.first_output  # type: ignore[attr-defined]
+    for recipe, stages in PIPELINES.items():
+        order = [s for s in ran if s.startswith(recipe + "-")]
+        assert order == [f"{recipe}-{s}" for s in stages]
+        for stage in stages:
+            run_dir = pipeline.path / "pipelines" / recipe / stage
+            assert (run_dir / "checkpoint" / "config.json").exists()
+            record = json.loads((run_dir / "run.json").read_text())
+            assert record["status"] == "succeeded" and record["profile"] == "smoke"
+            assert json.loads((run_dir / "metrics.json").read_text()) == record["final_metrics"]
+            assert (run_dir / "steps.tsv").read_text().splitlines()[0].split("\t")[0] == "step"
+    lock = yaml.safe_load((pipeline.path / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(STAGES)
+    # A later stage read its input from the earlier stage's output directory.
+    dpo = json.loads((pipeline.path / "pipelines/tulu3-8b/dpo/run.json").read_text())
+    sft_hash = json.loads((pipeline.path / "pipelines/tulu3-8b/sft/run.json").read_text())["artifacts"]["checkpoint"]
+    assert dpo["inputs"]["init"]["content_hash"] == sft_hash
+    assert Path(dpo["inputs"]["init"]["path"]).resolve() == (pipeline.path / "pipelines/tulu3-8b/sft/checkpoint")
+
+
+@pytest.mark.slow
+def test_second_repro_skips_everything(pipeline: Project) -> None:
+    out = pipeline.dvc("repro", *LEAVES)
+    assert _ran(out.stdout + out.stderr) == []
+    assert "didn't change, skipping" in out.stdout + out.stderr
+    status = pipeline.dvc("status", *LEAVES, "--json")
+    assert json.loads(status.stdout) == {}
+
+
+@pytest.mark.slow
+def test_metrics_params_and_plots(pipeline: Project, tmp_path: Path) -> None:
+    metrics = json.loads(pipeline.dvc("metrics", "show", "--json").stdout)
+    files = next(iter(metrics.values()))["data"]
+    for recipe, stages in PIPELINES.items():
+        for stage in stages:
+            data = files[f"pipelines/{recipe}/{stage}/metrics.json"]["data"]
+            assert data == json.loads((pipeline.path / f"pipelines/{recipe}/{stage}/metrics.json").read_text())
+    params = json.loads(pipeline.dvc("params", "diff", "--all", "--json").stdout)
+    keys = set(params["recipes.json"])
+    # DVC flattens dicts, not lists: a stage's entry shows under recipes.RECIPE.stages as a whole.
+    assert {"recipes.smollm2-135m.stages", "recipes.tulu3-8b.stages", "recipes.smollm2-135m.family"} <= keys, keys
+    assert not any(k.startswith("recipes.tulu3-70b") for k in keys)  # only the stages that ran are tracked
+    out = tmp_path / "plots"
+    pipeline.dvc("plots", "show", "-o", str(out))
+    assert (out / "index.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: Path) -> None:
+    """In a clone restored from the cache (its run database is empty), a smollm2-135m DPO edit reruns only that."""
+    clone = pipeline.clone(tmp_path / "clone", tmp_path / "home")
+    clone.dvc("cache", "dir", "--local", str(pipeline.path / ".dvc" / "cache"))
+    clone.dvc("checkout", *LEAVES, "--with-deps")
+    assert json.loads(clone.dvc("status", *LEAVES, "--json").stdout) == {}
+    before = _artifacts(clone)
+
+    recipes = clone.path / "recipes.json"
+    raw = json.loads(recipes.read_text())
+    dpo = next(s for s in raw["recipes"]["smollm2-135m"]["stages"] if s["name"] == "dpo")
+    dpo["hyperparameters"]["dpo_beta"]["value"] = 0.25
+    recipes.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+
+    changed = json.loads(clone.dvc("status", *LEAVES, "--json").stdout)
+    assert set(changed) == {"smollm2-135m-dpo"}, changed
+    diff = json.loads(clone.dvc("params", "diff", "--json").stdout)["recipes.json"]
+    assert set(diff) == {"recipes.smollm2-135m.stages"}, diff
+    assert '"dpo_beta": {"value": 0.25' in json.dumps(diff["recipes.smollm2-135m.stages"]["new"])
+
+    out = clone.dvc("repro", *LEAVES)
+    assert _ran(out.stdout + out.stderr) == ["smollm2-135m-dpo"]
+    after = _artifacts(clone)
+    untouched = {k: v for k, v in before.items() if not k.startswith("smollm2-135m/dpo/")}
+    assert {k: after[k] for k in untouched} == untouched
+    record = json.loads((clone.path / "pipelines/smollm2-135m/dpo/run.json").read_text())
+    assert record["plan"]["hyperparameters"]["dpo_beta"] == 0.25
+    assert json.loads(clone.dvc("status", *LEAVES, "--json").stdout) == {}
+
+
+@pytest.mark.slow
+def test_push_then_pull_restores_artifacts_bit_for_bit(pipeline: Project, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    pipeline.dvc("remote", "add", "--local", "-f", "store", str(remote))
+    pipeline.dvc("push", "-r", "store", *LEAVES, "--with-deps")
+    clone = pipeline.clone(tmp_path / "clone", tmp_path / "home")
+    clone.dvc("remote", "add", "--local", "store", str(remote))
+    assert not (clone.path / "pipelines/tulu3-8b/rlvr/checkpoint").exists()
+    clone.dvc("pull", "-r", "store", *LEAVES, "--with-deps")
+    assert _artifacts(clone) == _artifacts(pipeline)
+    assert json.loads(clone.dvc("status", *LEAVES, "--json").stdout) == {}
+
+
+@pytest.mark.slow
+def test_tampered_fixture_is_reported_and_nothing_overwritten(pipeline: Project) -> None:
+    fixture = pipeline.path / "fixtures/smollm2/ultrafeedback_binarized-train_prefs.jsonl"
+    original = fixture.read_bytes()
+    artifacts = _artifacts(pipeline)
+    run_id = json.loads((pipeline.path / "pipelines/smollm2-135m/dpo/run.json").read_text())["run_id"]
+    try:
+        tampered = original.replace(b"yes", b"yes!", 1)
+        assert tampered != original
+        fixture.write_bytes(tampered)
+
+        status = json.loads(pipeline.dvc("status", *LEAVES, "--json").stdout)
+        assert "smollm2-135m-dpo" in status and not any(s.startswith("tulu3-") for s in status)
+        assert "fixtures/smollm2/ultrafeedback_binarized-train_prefs.jsonl" in json.dumps(status["smollm2-135m-dpo"])
+
+        verify = pipeline.run("repro", "lineage", run_id, "--verify", check=False)
+        assert verify.returncode == 1, verify.stdout + verify.stderr
+        assert "ultrafeedback_binarized-train_prefs.jsonl" in verify.stderr
+        assert "modified" in verify.stderr
+        ok = pipeline.run("repro", "lineage", json.loads(
+            (pipeline.path / "pipelines/tulu3-8b/rlvr/run.json").read_text())["run_id"], "--verify", check=False)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+
+        assert fixture.read_bytes() == tampered  # neither tool rewrote the file
+        assert _artifacts(pipeline) == artifacts
+    finally:
+        fixture.write_bytes(original)
+    assert json.loads(pipeline.dvc("status", *LEAVES, "--json").stdout) == {}
