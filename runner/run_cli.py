@@ -54,6 +54,7 @@ def run_cmd(
     launcher: str = typer.Option("local", "--launcher", help="local | accelerate"),
     num_processes: int = typer.Option(2, "--num-processes", min=1, help="processes for --launcher accelerate on CPU"),
     deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed config for --launcher accelerate"),
+    ray: bool = typer.Option(False, "--ray", help="RLVR: learner and generation engine as Ray actors (local)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="RLVR: join this Ray cluster."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."),
     as_json: bool = typer.Option(False, "--json"),
@@ -71,9 +72,11 @@ def run_cmd(
     plan = resolve(reg, recipe, stage, profile, overrides)
     if max_steps is not None:
         plan.extra["max_updates"] = max_steps
-    if ray_address is not None:
+    if ray or ray_address is not None:
         if stage != "rlvr":
-            raise ReproError("--ray-address applies to the rlvr stage only")
+            raise ReproError("--ray and --ray-address apply to the rlvr stage only")
+        plan.extra["use_ray"] = True
+    if ray_address is not None:
         from runner.ray_rlvr import check_address
 
         check_address(ray_address)
@@ -164,6 +167,9 @@ def _run_multiprocess(plan, inputs, num_processes: int, deepspeed: str | None, o
         "gradient_accumulation_steps"), "value": ga // num_processes,
         "reason": f"effective batch kept across {num_processes} processes"})
     if deepspeed:
+        from runner.launch import resolve_deepspeed_config
+
+        resolve_deepspeed_config(deepspeed)  # a bad name is bad input: refuse before any record exists
         plan.extra["deepspeed"] = deepspeed
     record = start_run(plan, inputs, output_dir)
     code = run_cpu_processes(num_processes, record.run_dir, deepspeed)

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = {"tulu3-8b": ["sft", "dpo", "rm", "rlvr"], "smollm2-135m": ["pretrain", "sft", "dpo"]}
@@ -30,8 +29,12 @@ LEAVES = [f"{recipe}-{stages[-1]}" for recipe, stages in PIPELINES.items()]
 BIN = Path(sys.executable).parent
 
 
+def _yaml():  # noqa: ANN202
+    return pytest.importorskip("yaml")
+
+
 def _dvc_yaml() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return _yaml().safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 # ---------------------------------------------------------------- fast: dvc.yaml against the registry
@@ -77,7 +80,7 @@ def test_dvc_yaml_is_generated_from_recipes_json() -> None:
 
 def test_dvc_yaml_params_select_one_recipe_each() -> None:
     """Each stage's params resolve (dpath, as DVC reads them) to that recipe's own entry, dotted names included."""
-    import dpath
+    dpath = pytest.importorskip("dpath")
 
     raw = json.loads((ROOT / "recipes.json").read_text())
     for name, body in _dvc_yaml().items():
@@ -215,6 +218,8 @@ def _artifacts(project: Project) -> dict[str, str]:
 def pipeline(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
+    if not (BIN / "dvc").exists():
+        pytest.skip("dvc is not installed (pip install 'repro[pipeline]')")
     base = tmp_path_factory.mktemp("dvc")
     project = Project(base / "project", base / "home")
     _copy_tree(project.path)
@@ -232,9 +237,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 def test_repro_runs_every_stage_in_order(pipeline: Project) -> None:
     ran = _ran(pipeline.first_output)  # type: ignore[attr-defined]
     assert sorted(ran) == sorted(STAGES), pipeline.first_output  # type: ignore[attr-defined]
+    stages_yaml = _dvc_yaml()
+    for name in STAGES:  # each stage ran after the stages whose checkpoints it reads (tulu3 dpo and rm may swap)
+        for dep in stages_yaml[name]["deps"]:
+            if dep.startswith("pipelines/"):
+                producer = "-".join(dep.split("/")[1:3])
+                assert ran.index(producer) < ran.index(name), ran
     for recipe, stages in PIPELINES.items():
-        order = [s for s in ran if s.startswith(recipe + "-")]
-        assert order == [f"{recipe}-{s}" for s in stages]
         for stage in stages:
             run_dir = pipeline.path / "pipelines" / recipe / stage
             assert (run_dir / "checkpoint" / "config.json").exists()
@@ -242,7 +251,7 @@ def test_repro_runs_every_stage_in_order(pipeline: Project) -> None:
             assert record["status"] == "succeeded" and record["profile"] == "smoke"
             assert json.loads((run_dir / "metrics.json").read_text()) == record["final_metrics"]
             assert (run_dir / "steps.tsv").read_text().splitlines()[0].split("\t")[0] == "step"
-    lock = yaml.safe_load((pipeline.path / "dvc.lock").read_text())["stages"]
+    lock = _yaml().safe_load((pipeline.path / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(STAGES)
     # A later stage read its input from the earlier stage's output directory.
     dpo = json.loads((pipeline.path / "pipelines/tulu3-8b/dpo/run.json").read_text())
@@ -272,7 +281,6 @@ def test_metrics_params_and_plots(pipeline: Project, tmp_path: Path) -> None:
     keys = set(params["recipes.json"])
     # DVC flattens dicts, not lists: a stage's entry shows under recipes.RECIPE.stages as a whole.
     assert {"recipes.smollm2-135m.stages", "recipes.tulu3-8b.stages", "recipes.smollm2-135m.family"} <= keys, keys
-    assert not any(k.startswith("recipes.tulu3-70b") for k in keys)  # only the stages that ran are tracked
     out = tmp_path / "plots"
     pipeline.dvc("plots", "show", "-o", str(out))
     assert (out / "index.html").stat().st_size > 0

@@ -7,7 +7,7 @@ trainable-token count, policy and reference alike) with β = 5, mean over
 pairs. The 8B run kept a live reference model (dpo_tune.py); the 70B/405B
 runs cached reference log-probs before training (dpo_tune_cache.py). Both are
 available here and give identical losses: the cache is computed over the very
-micro-batches training will see, with the initial (= SFT) weights.
+pairs training will see, with the initial (= SFT) weights, one pair per forward.
 
 SmolLM2 (alignment-handbook ae3f44f run_dpo.py + TRL DPOTrainer): the strings
 the handbook built (ChatML), TRL tokenization (prompt keep-end at
@@ -80,16 +80,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return micro_batches(order, update, cfg.per_device, cfg.accumulation, ctx.world, ctx.rank, len(pairs))
 
     reference = None
-    cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     if loss_type != "simpo":
         frozen = copy.deepcopy(policy).eval()
         for p in frozen.parameters():
             p.requires_grad_(False)
         if reference_mode == "cached":
-            with torch.no_grad():  # dpo_tune_cache.py: reference log-probs once, over the training order
-                for update in range(cfg.run_updates):
-                    for i, mb in enumerate(batches_for(update)):
-                        cache[(update, i)] = concatenated_logps(frozen, [pairs[j] for j in mb], pad, average)
+            # dpo_tune_cache.py: reference log-probs computed before training with the initial (= SFT)
+            # weights. Each pair's value depends only on the pair, so it is computed once and reused in
+            # every epoch; one pair per forward gives the same bits as the live reference at pd = 1.
+            needed = sorted({j for u in range(cfg.run_updates) for mb in batches_for(u) for j in mb})
+            with torch.no_grad():
+                for j in needed:
+                    rc, rr = concatenated_logps(frozen, [pairs[j]], pad, average)
+                    cache[j] = (rc[0], rr[0])
             del frozen
         else:
             reference = frozen
@@ -106,7 +110,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             with torch.no_grad():
                 rc, rr = concatenated_logps(reference, batch, pad, average)
         else:
-            rc, rr = cache[(trainer.update, index)]
+            rc = torch.stack([cache[j][0] for j in batch_ids])
+            rr = torch.stack([cache[j][1] for j in batch_ids])
         per_pair, chosen_r, rejected_r = losses.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type,
                                                          label_smoothing=smoothing)
         # open-instruct logs accuracy of the micro-batch's mean rewards (semantics.md quirk 10); pd = 1 here.

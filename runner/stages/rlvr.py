@@ -22,13 +22,15 @@ Per training step (tulu3.md §2.4, semantics.md "PPO"):
 
 from __future__ import annotations
 
-import copy
 import os
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from registry.errors import ReproError
 from runner import losses, schedules, verifiers
 from runner.data.fixtures import load_fixture
 from runner.data.templates import render
@@ -51,8 +53,6 @@ def prompt_rows(plan, tokenizer) -> tuple[list[dict[str, Any]], int]:  # noqa: A
         for i, row in enumerate(load_fixture(entry["path"], entry["schema"]), start=1):
             problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
             if problem:
-                from registry.errors import ReproError
-
                 raise ReproError(f"{entry['path']} row {i}: malformed ground truth: {problem}")
             messages = row["messages"][:-1] if len(row["messages"]) > 1 else row["messages"]
             ids = tokenizer(render(messages, plan.chat_template, tokenizer.eos_token, add_generation_prompt=True),
@@ -90,91 +90,107 @@ def rm_scores(reward_model, query_response: torch.Tensor, pad: int) -> torch.Ten
     return losses.gather_at(scores, last)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    plan = ctx.plan
-    hp = plan.hp
-    seed = hp("seed", 0)
-    set_determinism(seed)
-    policy_path, rm_path = input_path(plan, "init"), input_path(plan, "reward_model")
-    value_path = input_path(plan, "value_model") or rm_path
-    if rm_path is None:
-        from registry.errors import ReproError
+class GenerationEngine:
+    """The sampling copy of the policy (the recorded run's vLLM engine); gets the learner's weights after
+    each update. A plain object in-process, a Ray actor under runner.ray_rlvr."""
 
-        raise ReproError(f"{plan.recipe}:rlvr needs its reward model; run `repro run {plan.recipe} --stage rm "
-                         f"--profile smoke` first (the 70B/405B recipes use the 8B RM)")
-    tokenizer = load_tokenizer(policy_path, plan)
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    policy = load_causal_lm(policy_path)
-    reference = load_causal_lm(input_path(plan, "reference") or policy_path).eval()
-    generator = copy.deepcopy(policy).eval()  # the "vLLM engine": weights synced one update late
-    value_model = load_reward_model(value_path, seed)
-    _load_trained_head(value_model, value_path)
-    reward_model = load_reward_model(rm_path, seed).eval()
-    _load_trained_head(reward_model, rm_path)
-    for frozen in (reference, reward_model, generator):
-        for p in frozen.parameters():
+    def __init__(self, plan, policy_path: str) -> None:  # noqa: ANN001
+        set_determinism(plan.hp("seed", 0))
+        self.plan = plan
+        self.tokenizer = load_tokenizer(Path(policy_path), plan)
+        self.model = load_causal_lm(Path(policy_path)).eval()
+        for p in self.model.parameters():
             p.requires_grad_(False)
 
-    prompts, filtered = prompt_rows(plan, tokenizer)
-    if not prompts:
-        from registry.errors import ReproError
+    def generate(self, prompts: list[list[int]], step: int) -> list[list[int]]:
+        hp, seed = self.plan.hp, self.plan.hp("seed", 0)
+        comps = generate(self.model, self.tokenizer, prompts, max_new_tokens=hp("response_length"),
+                         temperature=hp("temperature", 1.0), seed=seed * 100003 + step, batch_size=len(prompts))
+        return [c.response_ids for c in comps]
 
-        raise ReproError(f"all {filtered} prompts exceed max_prompt_length {hp('max_prompt_length')} "
-                         f"(or max_seq_length {hp('max_seq_length')} with the response)")
-    batch = hp("effective_batch_size")
-    samples = hp("samples_per_prompt", 1)
-    steps = hp("total_episodes") // (batch * samples)
-    if ctx.max_updates is not None:
-        steps = min(steps, ctx.max_updates)
-    ppo_epochs, minibatches = hp("num_ppo_epochs", 4), hp("num_mini_batches", 1)
-    total_opt = hp("total_episodes") // (batch * samples) * ppo_epochs * minibatches
-    warmup = schedules.warmup_steps_for(total_opt, hp("warmup_ratio", 0.0), "open-instruct")
-    opt_kwargs = dict(lr=hp("learning_rate"), betas=(hp("adam_beta1", 0.9), hp("adam_beta2", 0.999)),
-                      eps=hp("adam_epsilon", 1e-8), weight_decay=hp("weight_decay", 0.01))
-    policy_opt = torch.optim.AdamW(policy.parameters(), **opt_kwargs)
-    value_opt = torch.optim.AdamW(value_model.parameters(), **opt_kwargs)
-    schedule = schedules.build_schedule(hp("lr_scheduler", "linear"), total_opt, warmup)
-    policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, schedule)
-    value_sched = torch.optim.lr_scheduler.LambdaLR(value_opt, schedule)
-    order = epoch_order(len(prompts), seed, steps * batch // max(len(prompts), 1) + 1)
-    state_file = ctx.record.state_dir / "latest.pt"
-    start = 0
-    if ctx.resume and state_file.exists():
-        state = torch.load(state_file, weights_only=False)
-        for module, key in ((policy, "policy"), (value_model, "value"), (generator, "generator")):
-            module.load_state_dict(state[key])
-        for obj, key in ((policy_opt, "policy_opt"), (value_opt, "value_opt"), (policy_sched, "policy_sched"),
-                         (value_sched, "value_sched")):
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+
+class Learner:
+    """Policy and value training, the frozen reference and reward models, scoring: all but sampling."""
+
+    def __init__(self, plan, paths: dict[str, str], total_opt: int, warmup: int) -> None:  # noqa: ANN001
+        hp = plan.hp
+        seed = hp("seed", 0)
+        set_determinism(seed)
+        self.plan = plan
+        self.tokenizer = load_tokenizer(Path(paths["policy"]), plan)
+        self.policy = load_causal_lm(Path(paths["policy"]))
+        self.reference = load_causal_lm(Path(paths["reference"])).eval()
+        # The value model starts from the trained reward model, head included (the 8B RM for 70B/405B too).
+        self.value_model = load_reward_model(Path(paths["value"]), seed)
+        _load_trained_head(self.value_model, Path(paths["value"]))
+        self.reward_model = load_reward_model(Path(paths["rm"]), seed).eval()
+        _load_trained_head(self.reward_model, Path(paths["rm"]))
+        for frozen in (self.reference, self.reward_model):
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+        opt_kwargs = dict(lr=hp("learning_rate"), betas=(hp("adam_beta1", 0.9), hp("adam_beta2", 0.999)),
+                          eps=hp("adam_epsilon", 1e-8), weight_decay=hp("weight_decay", 0.01))
+        self.policy_opt = torch.optim.AdamW(self.policy.parameters(), **opt_kwargs)
+        self.value_opt = torch.optim.AdamW(self.value_model.parameters(), **opt_kwargs)
+        schedule = schedules.build_schedule(hp("lr_scheduler", "linear"), total_opt, warmup)
+        self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, schedule)
+        self.value_sched = torch.optim.lr_scheduler.LambdaLR(self.value_opt, schedule)
+
+    def _stateful(self) -> dict[str, Any]:
+        return {"policy": self.policy, "value": self.value_model, "policy_opt": self.policy_opt,
+                "value_opt": self.value_opt, "policy_sched": self.policy_sched, "value_sched": self.value_sched}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.policy.state_dict().items()}
+
+    def save_state(self, path: str, step: int, generator: dict[str, torch.Tensor]) -> None:
+        state = {k: o.state_dict() for k, o in self._stateful().items()}
+        state.update({"generator": generator, "step": step, "rng": torch.get_rng_state(),
+                      "python_rng": random.getstate()})
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    def load_state(self, path: str) -> tuple[int, dict[str, torch.Tensor]]:
+        """Restore and return (step, the engine's weights at that step)."""
+        state = torch.load(path, weights_only=False)
+        for key, obj in self._stateful().items():
             obj.load_state_dict(state[key])
         torch.set_rng_state(state["rng"])
-        start = state["step"]
-        ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= start]
-    else:
-        ctx.record.steps = []
-    pending = {k: v.clone() for k, v in policy.state_dict().items()}  # weights the engine receives next
+        random.setstate(state["python_rng"])
+        return state["step"], state["generator"]
 
-    temperature = hp("temperature", 1.0)
-    length = hp("response_length")
-    version = plan.extra.get("verifier_version") or "release-2024-11"
-    for step in range(start, steps):
-        rows = [prompts[i] for i in order[step * batch:(step + 1) * batch]]
-        completions = generate(generator, tokenizer, [r["ids"] for r in rows], max_new_tokens=length,
-                               temperature=temperature, seed=seed * 100003 + step, batch_size=batch)
-        generator.load_state_dict(pending)  # async mode: the engine now gets the weights of the last update
+    def train_step(self, step: int, rows: list[dict[str, Any]], response_ids: list[list[int]]) -> dict[str, float]:
+        """Score the sampled responses and run the PPO epochs (steps 3-7 of the module docstring)."""
+        hp, tokenizer = self.plan.hp, self.tokenizer
+        policy, value_model = self.policy, self.value_model
+        seed = hp("seed", 0)
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        temperature, length = hp("temperature", 1.0), hp("response_length")
+        version = self.plan.extra.get("verifier_version") or "release-2024-11"
+        batch, samples, ppo_epochs = hp("effective_batch_size"), hp("samples_per_prompt", 1), hp("num_ppo_epochs", 4)
+
         context = max(len(r["ids"]) for r in rows)
         responses = torch.full((len(rows), length), pad, dtype=torch.long)
         queries = torch.full((len(rows), context), pad, dtype=torch.long)
-        for b, (row, comp) in enumerate(zip(rows, completions)):
+        for b, (row, ids) in enumerate(zip(rows, response_ids)):
             queries[b, context - len(row["ids"]):] = torch.tensor(row["ids"])
-            responses[b, :len(comp.response_ids)] = torch.tensor(comp.response_ids[:length])
+            responses[b, :len(ids[:length])] = torch.tensor(ids[:length])
         responses, last, has_eos = losses.first_eos_truncation(responses, eos, pad)
         query_response = torch.cat([queries, responses], 1)
         with torch.no_grad():
             old_logp = response_logps(policy, query_response, context, pad, temperature)
-            ref_logp = response_logps(reference, query_response, context, pad, temperature)
+            ref_logp = response_logps(self.reference, query_response, context, pad, temperature)
             old_values = token_values(value_model, query_response, context, pad)
-            rm = rm_scores(reward_model, query_response, pad)
-        texts = [tokenizer.decode(responses[b, :int(last[b]) + 1], skip_special_tokens=True) for b in range(len(rows))]
+            rm = rm_scores(self.reward_model, query_response, pad)  # still computed at multiplier 0, as then
+        texts = [tokenizer.decode(responses[b, :int(last[b]) + 1], skip_special_tokens=True)
+                 for b in range(len(rows))]
         verified = torch.tensor([verifiers.score(r["dataset"], t, r["ground_truth"], version)
                                  for r, t in zip(rows, texts)])
         scores = hp("verifier_reward", 10) * verified + hp("reward_model_multiplier", 0.0) * rm
@@ -190,10 +206,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         pd = hp("per_device_batch_size")
         stats: dict[str, float] = {"pg_loss": 0.0, "vf_loss": 0.0, "pg_clipfrac": 0.0, "approxkl": 0.0}
-        lr = policy_opt.param_groups[0]["lr"]
-        generator_rng = torch.Generator().manual_seed(seed * 7919 + step)
+        lr = self.policy_opt.param_groups[0]["lr"]
+        permutations = torch.Generator().manual_seed(seed * 7919 + step)
         for _epoch in range(ppo_epochs):
-            perm = torch.randperm(len(rows), generator=generator_rng).tolist()
+            perm = torch.randperm(len(rows), generator=permutations).tolist()
             micro = [perm[i:i + pd] for i in range(0, len(perm), pd)]
             for mb in micro:
                 new_logp = response_logps(policy, query_response[mb], context, pad, temperature)
@@ -207,40 +223,121 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 for key, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", clipfrac),
                                    ("approxkl", approxkl)):
                     stats[key] += float(value.detach()) / (len(micro) * ppo_epochs)
+            # Separate engines upstream: each model is clipped and stepped on its own.
             torch.nn.utils.clip_grad_norm_(policy.parameters(), hp("max_grad_norm", 1.0))
             torch.nn.utils.clip_grad_norm_(value_model.parameters(), hp("max_grad_norm", 1.0))
-            policy_opt.step(), value_opt.step()
-            policy_sched.step(), value_sched.step()
-            policy_opt.zero_grad(set_to_none=True), value_opt.zero_grad(set_to_none=True)
-        pending = {k: v.clone() for k, v in policy.state_dict().items()}
-        lengths = (last + 1).float()
-        metrics = {
+            for opt, sched in ((self.policy_opt, self.policy_sched), (self.value_opt, self.value_sched)):
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+        return {
             "step": step + 1, "episode": (step + 1) * batch * samples, "lr": lr,
             "reward_mean": float(verified.mean() * hp("verifier_reward", 10)),
             "verified_rate": float(verified.mean()), "score_mean": float(scores.mean()),
             "rm_score_mean": float(rm.mean()), "non_stop_rate": float((~has_eos).float().mean()),
-            "response_length": float(lengths.mean()),
+            "response_length": float((last + 1).float().mean()),
             "kl": float((kl * policy_mask).sum(1).mean()), **stats,
         }
-        ctx.record.steps.append(metrics)
-        if ctx.progress:
-            ctx.progress(metrics)
-        if (step + 1) % 5 == 0 or step + 1 == steps:
-            _save_state(ctx, step + 1, policy, value_model, generator, policy_opt, value_opt, policy_sched, value_sched)
-            heartbeat(ctx.record)
-        fault_injection(step + 1)
 
-    rewards_seen = [s["reward_mean"] for s in ctx.record.steps]
-    k = max(1, len(rewards_seen) // 4)
-    final = {"reward_mean_first": sum(rewards_seen[:k]) / k, "reward_mean_last": sum(rewards_seen[-k:]) / k,
-             "reward_mean_last10": sum(rewards_seen[-10:]) / min(10, len(rewards_seen)),
-             "non_stop_rate_last": ctx.record.steps[-1]["non_stop_rate"], "training_steps": steps,
-             "optimizer_steps": steps * ppo_epochs * minibatches, "prompts": len(prompts),
-             "prompts_filtered": filtered, "episodes": steps * batch * samples}
+
+@dataclass
+class Setup:
+    """What both drivers (in-process and Ray) derive from the plan before the first step."""
+
+    prompts: list[dict[str, Any]]
+    filtered: int
+    steps: int
+    total_opt: int
+    warmup: int
+    order: list[int]
+    paths: dict[str, str]
+    tokenizer: Any
+
+    def rows_for(self, step: int, batch: int) -> list[dict[str, Any]]:
+        return [self.prompts[i] for i in self.order[step * batch:(step + 1) * batch]]
+
+
+def setup(ctx: StageContext) -> Setup:
+    plan, hp = ctx.plan, ctx.plan.hp
+    set_determinism(hp("seed", 0))
+    policy_path, rm_path = input_path(plan, "init"), input_path(plan, "reward_model")
+    if rm_path is None:
+        raise ReproError(f"{plan.recipe}:rlvr needs its reward model; run `repro run {plan.recipe} --stage rm "
+                         f"--profile smoke` first (the 70B/405B recipes use the 8B RM)")
+    tokenizer = load_tokenizer(policy_path, plan)
+    prompts, filtered = prompt_rows(plan, tokenizer)
+    if not prompts:
+        raise ReproError(f"all {filtered} prompts exceed max_prompt_length {hp('max_prompt_length')} "
+                         f"(or max_seq_length {hp('max_seq_length')} with the response)")
+    batch, samples = hp("effective_batch_size"), hp("samples_per_prompt", 1)
+    planned = hp("total_episodes") // (batch * samples)  # training steps as the recorded code counts them
+    steps = min(planned, ctx.max_updates) if ctx.max_updates is not None else planned
+    # The LR schedule spans every optimizer step of the planned run: steps × PPO epochs × mini-batches.
+    total_opt = planned * hp("num_ppo_epochs", 4) * hp("num_mini_batches", 1)
+    warmup = schedules.warmup_steps_for(total_opt, hp("warmup_ratio", 0.0), "open-instruct")
+    order = epoch_order(len(prompts), hp("seed", 0), steps * batch // len(prompts) + 1)
+    paths = {"policy": str(policy_path), "reference": str(input_path(plan, "reference") or policy_path),
+             "value": str(input_path(plan, "value_model") or rm_path), "rm": str(rm_path)}
+    return Setup(prompts, filtered, steps, total_opt, warmup, order, paths, tokenizer)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from runner.ray_rlvr import wants_ray
+
+    if wants_ray(ctx.plan):
+        from runner import ray_rlvr
+
+        return ray_rlvr.run(ctx)
+    plan, hp = ctx.plan, ctx.plan.hp
+    prep = setup(ctx)
+    learner = Learner(plan, prep.paths, prep.total_opt, prep.warmup)
+    engine = GenerationEngine(plan, prep.paths["policy"])
+    state_file = str(ctx.record.state_dir / "latest.pt")
+    start = 0
+    if ctx.resume and Path(state_file).exists():
+        start, engine_weights = learner.load_state(state_file)
+        engine.load_weights(engine_weights)
+        ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= start]
+    else:
+        ctx.record.steps = []
+    pending = learner.weights()  # the weights the engine receives next
+    batch = hp("effective_batch_size")
+    for step in range(start, prep.steps):
+        rows = prep.rows_for(step, batch)
+        responses = engine.generate([r["ids"] for r in rows], step)
+        engine.load_weights(pending)  # async mode: the engine samples one update behind the learner
+        metrics = learner.train_step(step, rows, responses)
+        pending = learner.weights()
+        record_step(ctx, metrics, step, prep.steps, lambda s: learner.save_state(state_file, s, engine.weights()))
+    return finish(ctx, prep, learner.policy)
+
+
+def record_step(ctx: StageContext, metrics: dict[str, float], step: int, steps: int, save) -> None:  # noqa: ANN001
+    ctx.record.steps.append(metrics)
+    if ctx.progress:
+        ctx.progress(metrics)
+    if (step + 1) % 5 == 0 or step + 1 == steps:
+        save(step + 1)
+        heartbeat(ctx.record)
+    fault_injection(step + 1)
+
+
+def finish(ctx: StageContext, prep: Setup, policy) -> dict[str, Any]:  # noqa: ANN001
+    plan, hp = ctx.plan, ctx.plan.hp
+    batch, samples = hp("effective_batch_size"), hp("samples_per_prompt", 1)
+    rewards = [s["reward_mean"] for s in ctx.record.steps]
+    k = max(1, len(rewards) // 4)
+    final = {"reward_mean_first": sum(rewards[:k]) / k, "reward_mean_last": sum(rewards[-k:]) / k,
+             "reward_mean_last10": sum(rewards[-10:]) / min(10, len(rewards)),
+             "non_stop_rate_last": ctx.record.steps[-1]["non_stop_rate"], "training_steps": prep.steps,
+             "optimizer_steps": prep.steps * hp("num_ppo_epochs", 4) * hp("num_mini_batches", 1),
+             "prompts": len(prep.prompts), "prompts_filtered": prep.filtered, "episodes": prep.steps * batch * samples}
+    policy.eval()
     if plan.heldout:
-        final.update(evaluate_prompts(policy, tokenizer, plan, version))
+        final.update(evaluate_prompts(policy, prep.tokenizer, plan, plan.extra.get("verifier_version")
+                                      or "release-2024-11"))
     ctx.record.final_metrics.update(final)
-    save_checkpoint(ctx, policy, tokenizer, datasets=[d["dataset"] for d in plan.datasets],
+    save_checkpoint(ctx, policy, prep.tokenizer, datasets=[d["dataset"] for d in plan.datasets],
                     base_model=plan.inputs.get("init", {}).get("checkpoint"))
     write_metrics_file(ctx)
     return final
@@ -254,17 +351,6 @@ def _load_trained_head(model, path) -> None:  # noqa: ANN001
     weights = load_file(str(path / "model.safetensors"))
     with torch.no_grad():
         model.score.weight.copy_(weights["score.weight"])
-
-
-def _save_state(ctx: StageContext, step: int, *objects) -> None:  # noqa: ANN002
-    keys = ("policy", "value", "generator", "policy_opt", "value_opt", "policy_sched", "value_sched")
-    state = {k: o.state_dict() for k, o in zip(keys, objects)}
-    state.update({"step": step, "rng": torch.get_rng_state(), "python_rng": random.getstate()})
-    ctx.record.state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ctx.record.state_dir / "latest.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ctx.record.state_dir / "latest.pt")
-    ctx.record.save()
 
 
 @torch.no_grad()

@@ -1,0 +1,50 @@
+"""`repro compare` on each smoke run: evaluated with its stage's suites, judged against the registry's references."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runner.references import SUITES
+from tests.runner.conftest import CHAINS, run_cli
+
+FAMILY = {"tulu3-8b": "tulu3", "smollm2-135m": "smollm2"}
+CASES = [(recipe, stage) for recipe, stages in CHAINS.items() for stage in stages]
+
+
+@pytest.mark.parametrize("recipe, stage", CASES)
+def test_smoke_run_compares_as_reproduced(in_smoke_home, recipe, stage, tmp_path):
+    run_id = in_smoke_home[(recipe, stage)]["run_id"]
+    for suite in SUITES[(FAMILY[recipe], stage)]:
+        code, out, err = run_cli("eval", run_id, "--suite", suite, "--json")
+        assert code == 0, err
+    png = tmp_path / "scorecard.png"
+    code, out, err = run_cli("compare", run_id, "--json", "--plot", str(png))
+    assert code == 0, err
+    doc = json.loads(out)
+    verdicts = {m["name"]: m["verdict"] for m in doc["metrics"] if m["verdict"] != "no counterpart"}
+    assert verdicts and set(verdicts.values()) <= {"reproduced", "within noise"}, doc
+    assert png.stat().st_size > 1000
+
+
+def test_compare_exits_1_when_a_metric_deviates(in_smoke_home, tmp_path, monkeypatch):
+    from runner.compare import smoke_references_path
+
+    refs = json.loads(smoke_references_path().read_text())
+    entry = refs["tulu3-8b:rm"]
+    name = next(iter(entry))
+    entry[name]["value"] = 0.0  # a reference the run cannot be near
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps(refs))
+    monkeypatch.setenv("REPRO_SMOKE_REFERENCES", str(path))
+    run_id = in_smoke_home[("tulu3-8b", "rm")]["run_id"]
+    run_cli("eval", run_id, "--suite", "preference", "--json")
+    code, out, err = run_cli("compare", run_id, "--json")
+    assert code == 1
+    assert any(m["verdict"] == "deviates" for m in json.loads(out)["metrics"])
+
+
+def test_compare_an_unknown_run_is_refused(in_smoke_home):
+    code, out, err = run_cli("compare", in_smoke_home[("smollm2-135m", "sft")]["run_id"] + "-nope")
+    assert code == 2 and err.count("\n") == 1
