@@ -430,8 +430,9 @@ def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
     abort_types = tuple({*(t for t in (getattr(typer, "Abort", None), getattr(click_errors, "Abort", None)) if t)})
 
     try:
-        application(args=argv, standalone_mode=False, prog_name="repro")
-        return 0
+        # Without standalone mode click returns a command's typer.Exit code instead of raising it.
+        result = application(args=argv, standalone_mode=False, prog_name="repro")
+        return result if isinstance(result, int) else 0
     except ReproError as exc:
         if os.environ.get("REPRO_DEBUG") == "1":
             raise

@@ -20,20 +20,6 @@ from registry.hashing import dvc_hash
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# Datasets without a FIXTURE_FOR entry whose stand-in is a whole fixture directory.
-EXTRA_FIXTURES = {"smollm2-corpus": "smollm2/pretrain"}
-
-
-def fixture_paths(root: Path | None = None) -> dict[str, Path]:
-    """dataset name -> the fixture file (or directory) that stands in for it in the smoke profile."""
-    from runner.smoke import FIXTURE_FOR
-
-    base = (root or PROJECT_ROOT) / "fixtures"
-    out = {name: base / rel for name, (rel, _schema) in FIXTURE_FOR.items()}
-    out.update({name: base / rel for name, rel in EXTRA_FIXTURES.items()})
-    return out
-
-
 def _rows(path: Path) -> int | None:
     if path.is_file() and path.suffix == ".jsonl":
         with open(path, "rb") as fh:
@@ -48,18 +34,16 @@ def _display_path(path: Path) -> str:
         return str(path.resolve())
 
 
-def record_fixture_versions(session: Session, paths_by_dataset: Mapping[str, str | Path] | None = None
-                            ) -> list[DatasetVersionRow]:
+def record_fixture_versions(session: Session, paths_by_dataset: Mapping[str, str | Path]) -> list[DatasetVersionRow]:
     """Add a version (revision "", content_hash = DVC hash) for each dataset's stand-in path; idempotent.
 
-    `paths_by_dataset` maps a dataset name (or hub id) to a file or directory; None means
-    `fixture_paths()`. Datasets the database does not know (recipes.json not synced, or a
+    `paths_by_dataset` maps a dataset name (or hub id) to a file or directory (the runner knows which
+    fixture stands in for which dataset: `runner.smoke.fixture_paths()`). Datasets the database does not know (recipes.json not synced, or a
     name it lacks) and paths that do not exist are skipped. Returns the version rows for
     the given datasets, existing or new, in input order.
     """
-    mapping = fixture_paths() if paths_by_dataset is None else paths_by_dataset
     out: list[DatasetVersionRow] = []
-    for name, raw_path in mapping.items():
+    for name, raw_path in paths_by_dataset.items():
         path = Path(raw_path)
         if not path.exists():
             continue

@@ -41,12 +41,17 @@ def resolve_inputs(registry: Registry, plan: RunPlan, overrides: dict[str, str])
     if unknown_roles:
         raise ReproError(f"invalid --input role {sorted(unknown_roles)[0]!r} for {plan.recipe}:{plan.stage} "
                          f"(valid: {', '.join(sorted(roles)) or 'init'})")
+    # A substitute stands in for its checkpoint in every role that names it (DPO's init is also its reference).
+    substituted = {roles[r]: _substitute(v, roles[r], registry) for r, v in overrides.items() if r in roles}
     for role, checkpoint in roles.items():
         if role == "tokenizer":
             continue
         out[role] = {"checkpoint": checkpoint}
+        if checkpoint in substituted and role not in overrides:
+            out[role].update(substituted[checkpoint])
+            continue
         if role in overrides:
-            out[role].update(_substitute(overrides[role], checkpoint))
+            out[role].update(substituted[checkpoint])
             continue
         ckpt = registry.model.checkpoints[checkpoint]
         producer = ckpt.produced_by
@@ -63,12 +68,16 @@ def resolve_inputs(registry: Registry, plan: RunPlan, overrides: dict[str, str])
         out[role].update({"run_id": run_id, "path": str(path), "content_hash": dvc_hash(path)})
     for role, value in overrides.items():
         if role not in out:
-            out[role] = {"checkpoint": roles.get(role, "substitute"), **_substitute(value, roles.get(role))}
+            out[role] = {"checkpoint": roles.get(role, "substitute"), **_substitute(value, roles.get(role), registry)}
     return out
 
 
-def _substitute(value: str, checkpoint: str | None) -> dict[str, Any]:
-    """`--input init=PATH|RUN_ID`: start from another checkpoint; lineage marks the substitution."""
+def _substitute(value: str, checkpoint: str | None, registry: Registry) -> dict[str, Any]:
+    """`--input init=PATH|RUN_ID`: start from another checkpoint; lineage marks the substitution.
+
+    A checkpoint that a succeeded run of the recorded producing stage wrote (its run.json beside it, hashes
+    matching) is that stage's own output, not a substitute: pipelines pass their inputs this way, and a DVC
+    cache restore leaves no database row behind (the run is imported from its run.json)."""
     path = Path(value)
     run_id = None
     if not path.exists():
@@ -79,8 +88,28 @@ def _substitute(value: str, checkpoint: str | None) -> dict[str, Any]:
             run_id, path = run.id, Path(run.run_dir) / "checkpoint"
     if not (path / "config.json").exists():
         raise ReproError(f"--input {path} is not a model directory (no config.json)")
+    own = _own_output(path, checkpoint, registry)
+    if own is not None:
+        return own
     return {"path": str(path.resolve()), "run_id": run_id, "substituted": True, "substitutes": checkpoint,
             "content_hash": dvc_hash(path)}
+
+
+def _own_output(path: Path, checkpoint: str | None, registry: Registry) -> dict[str, Any] | None:
+    record_file = path.parent / "run.json"
+    ckpt = registry.model.checkpoints.get(checkpoint) if checkpoint else None
+    if ckpt is None or ckpt.produced_by is None or not record_file.exists():
+        return None
+    record = json.loads(record_file.read_text())
+    if record.get("status") != "succeeded" or f"{record.get('recipe')}:{record.get('stage')}" != ckpt.produced_by:
+        return None
+    digest = dvc_hash(path)
+    if record.get("artifacts", {}).get("checkpoint") != digest:
+        raise ReproError(f"checkpoint {path} does not match the hash its run.json recorded; rerun that stage")
+    from runner.records import import_run
+
+    import_run(path.parent)
+    return {"path": str(path.resolve()), "run_id": record["run_id"], "content_hash": digest}
 
 
 def _verify_checkpoint(path: Path, run_id: str) -> None:

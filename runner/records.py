@@ -140,7 +140,7 @@ def lineage_for(record: RunRecord) -> list[tuple[str, str, str, str | None, str 
         relation = role + (" (substituted)" if ref.get("substituted") else "")
         edges.append((parent, node, relation, ref.get("content_hash"), ref.get("path")))
     for ds in plan.datasets + ([plan.heldout] if plan.heldout else []):
-        if ds and ds.get("path"):
+        if ds and ds.get("path") and Path(ds["path"]).exists():  # an imported run may come from elsewhere
             digest = dvc_hash(ds["path"])
             name = ds.get("dataset") or Path(ds["path"]).name
             relation = ds.get("role", "eval")
@@ -164,6 +164,14 @@ def start_run(plan: RunPlan, inputs: dict[str, Any], output_dir: Path | None = N
     with session_scope() as session:
         add_run(session, row, [])
         _add_edges(session, lineage_for(record))
+        if plan.profile == "smoke":
+            from registry.dvc_versions import record_fixture_versions
+            from registry.recipes import load_recipes
+            from registry.sync import sync
+            from runner.smoke import fixture_paths
+
+            sync(session, load_recipes())  # dataset rows must exist before their versions
+            record_fixture_versions(session, fixture_paths())
     return record
 
 
@@ -220,3 +228,33 @@ def finish_run(record: RunRecord, status: str, error: str | None = None) -> None
                                     record.artifacts["checkpoint"])
             _add_edges(session, [(f"run:{record.run_id}", f"checkpoint:{name}", "output",
                                   record.artifacts["checkpoint"], str(record.checkpoint_dir))])
+
+
+def import_run(run_dir: Path) -> bool:
+    """Index a run directory's run.json into the database if it is not there (the database can be rebuilt
+    from run directories). Returns True when a row was added."""
+    from datetime import datetime
+
+    from registry.queries import get_run
+
+    data = json.loads((run_dir / "run.json").read_text())
+    with session_scope() as session:
+        if get_run(session, data["run_id"]) is not None:
+            return False
+
+        def when(text: str | None):  # noqa: ANN202
+            return datetime.fromisoformat(text) if text else None
+
+        row = RunRow(id=data["run_id"], recipe=data["recipe"], stage=data["stage"], profile=data["profile"],
+                     status=data["status"], run_dir=str(run_dir.resolve()), created_at=when(data["started_at"]),
+                     finished_at=when(data.get("finished_at")), git_sha=data["code"].get("git_sha"),
+                     git_dirty=data["code"].get("dirty"), plan=data["plan"], deviations=data["deviations"],
+                     final_metrics=data["final_metrics"], error=data.get("error"))
+        add_run(session, row, [])
+        record = RunRecord.load(run_dir)
+        _add_edges(session, lineage_for(record))
+        if "checkpoint" in data.get("artifacts", {}):
+            name = f"run:{data['run_id']}"
+            register_run_checkpoint(session, data["run_id"], name, str(run_dir / "checkpoint"), data["stage"],
+                                    data["artifacts"]["checkpoint"])
+    return True

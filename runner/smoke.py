@@ -96,3 +96,10 @@ PRETRAIN_COMPONENTS = ("web", "code", "math", "cosmopedia", "long")
 
 MINIATURE = {"hidden_size": 64, "num_layers": 4}
 TOKENIZER_VOCAB = 384
+
+
+def fixture_paths() -> dict[str, Path]:
+    """dataset name -> the fixture file (or directory) standing in for it; recorded as dataset versions."""
+    out = {name: FIXTURES / rel for name, (rel, _schema) in FIXTURE_FOR.items()}
+    out["smollm2-corpus"] = FIXTURES / "smollm2" / "pretrain"  # the unreleased corpus: the component files
+    return out

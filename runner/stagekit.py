@@ -207,8 +207,9 @@ def save_checkpoint(ctx: StageContext, model, tokenizer, *, datasets: list[str],
         "",
         f"# {plan.recipe}:{plan.stage} ({plan.profile} profile)",
         "",
-        f"Produced by `repro run {plan.recipe} --stage {plan.stage} --profile {plan.profile}` (run "
-        f"`{ctx.record.run_id}`). Recipe: the published {plan.recipe} {plan.stage} stage; code pin "
+        # No run id or time here: identical training must give identical checkpoint bytes (DVC outs).
+        f"Produced by `repro run {plan.recipe} --stage {plan.stage} --profile {plan.profile}`; its run.json "
+        f"beside this folder has the full record. Recipe: the published {plan.recipe} {plan.stage} stage; code pin "
         f"{plan.extra.get('code', {}).get('repository')}@{str(plan.extra.get('code', {}).get('commit'))[:12]}.",
         "",
         f"Deviations from the recording ({len(plan.deviations)}): see run.json.",

@@ -113,7 +113,8 @@ def test_record_fixture_versions_is_idempotent(tmp_path: Path, db_url: str) -> N
 
     from registry.database import session_scope
     from registry.db import DatasetRow, DatasetVersionRow
-    from registry.dvc_versions import fixture_paths, record_fixture_versions
+    from registry.dvc_versions import record_fixture_versions
+    from runner.smoke import fixture_paths
     from registry.hashing import dvc_hash
     from registry.recipes import load_recipes
     from registry.sync import sync
@@ -175,7 +176,7 @@ class Project:
                     "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "repro tests",
                     "GIT_AUTHOR_EMAIL": "tests@repro.invalid", "GIT_COMMITTER_NAME": "repro tests",
                     "GIT_COMMITTER_EMAIL": "tests@repro.invalid", "PYTHONPATH": str(path)}
-        for key in ("REPRO_DATABASE_URL", "REPRO_RECIPES", "REPRO_RUNS_DIR", "GIT_DIR", "GIT_WORK_TREE"):
+        for key in ("REPRO_DATABASE_URL", "REPRO_RECIPES", "REPRO_RUNS_DIR", "REPRO_FIXTURES", "GIT_DIR", "GIT_WORK_TREE"):
             self.env.pop(key, None)
 
     def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -305,7 +306,7 @@ def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: 
     assert set(changed) == {"smollm2-135m-dpo"}, changed
     diff = json.loads(clone.dvc("params", "diff", "--json").stdout)["recipes.json"]
     assert set(diff) == {"recipes.smollm2-135m.stages"}, diff
-    assert '"dpo_beta": {"value": 0.25' in json.dumps(diff["recipes.smollm2-135m.stages"]["new"])
+    assert "'dpo_beta': {'value': 0.25" in str(diff["recipes.smollm2-135m.stages"]["new"])  # DVC shows a list's repr
 
     out = clone.dvc("repro", *LEAVES)
     assert _ran(out.stdout + out.stderr) == ["smollm2-135m-dpo"]
