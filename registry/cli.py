@@ -265,9 +265,10 @@ def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
     if target in reg.model.checkpoints or node_exists(session, f"checkpoint:{target}"):
         return f"checkpoint:{target}"
     if target in reg.model.datasets:
-        prefix = f"dataset:{target}@"
-        key = session.scalar(select(LineageEdgeRow.parent).where(LineageEdgeRow.parent.like(prefix + "%")).limit(1))
-        return key or prefix
+        exact, prefix = f"dataset:{target}", f"dataset:{target}@"
+        key = session.scalar(select(LineageEdgeRow.parent).where(
+            or_(LineageEdgeRow.parent == exact, LineageEdgeRow.parent.like(prefix + "%"))).limit(1))
+        return key or exact
     run = get_run(session, target)
     if run is not None:
         return f"run:{run.id}"
@@ -304,6 +305,8 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
 
         def add(branch, child) -> None:  # noqa: ANN001
             label = child.key + (f"  [dim]({child.relation})[/dim]" if child.relation else "")
+            if child.repeated:
+                label += "  [dim](see above)[/dim]"
             if child.content_hash:
                 label += f"  [dim]{child.content_hash[:12]}[/dim]"
             sub = branch.add(label)

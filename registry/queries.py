@@ -120,9 +120,12 @@ class LineageNode:
     relation: str | None = None
     content_hash: str | None = None
     children: list["LineageNode"] = field(default_factory=list)
+    repeated: bool = False  # already expanded elsewhere in the tree
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node": self.key}
+        if self.repeated:
+            out["repeated"] = True
         if self.relation:
             out["relation"] = self.relation
         if self.content_hash:
@@ -144,8 +147,14 @@ def lineage_tree(session: Session, root: str, downstream: bool = False, max_dept
     for e in edges:
         index.setdefault(e.parent if downstream else e.child, []).append(e)
 
+    expanded: set[str] = set()
+
     def build(key: str, relation: str | None, digest: str | None, depth: int, trail: frozenset[str]) -> LineageNode:
         node = LineageNode(key, relation, digest)
+        if key in expanded and index.get(key):
+            node.repeated = True  # a shared ancestor (e.g. the SFT stage under init and reference) shown once
+            return node
+        expanded.add(key)
         if depth >= max_depth:
             return node
         for e in sorted(index.get(key, []), key=lambda e: (e.relation, e.child if downstream else e.parent)):

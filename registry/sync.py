@@ -118,7 +118,8 @@ def _stage_edges(recipe_name: str, stage: dict[str, Any], datasets: dict[str, An
     for use in stage.get("datasets", []):
         revision = (datasets.get(use["dataset"]) or {}).get("revision") or ""
         relation = use["role"] if use.get("used_by_release", True) is not False else f"{use['role']}-public-only"
-        edges.append(LineageEdgeRow(parent=f"dataset:{use['dataset']}@{revision}", child=node, relation=relation))
+        key = f"dataset:{use['dataset']}@{revision}" if revision else f"dataset:{use['dataset']}"
+        edges.append(LineageEdgeRow(parent=key, child=node, relation=relation))
     code = stage["code"]
     edges.append(LineageEdgeRow(parent=f"code:{code['repository']}@{code['commit']}", child=node, relation="code"))
     for out in stage.get("outputs", []):

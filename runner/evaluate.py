@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import ReproError
+from runner.data import fixtures
+from runner.data.fixtures import file_sha256
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SUITES = ("verifiers", "gsm8k", "math", "ifeval", "preference", "heldout")
@@ -194,31 +196,18 @@ def _load_reward_model(path: Path):  # noqa: ANN201
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Eval data rows (JSON objects, blank lines skipped); a bad row is bad input naming the row."""
     path = Path(path)
     if not path.is_file():
         raise ReproError(f"eval data {path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReproError(f"{path} row {n}: not valid JSON ({exc.msg})") from None
+    try:
+        rows = fixtures.read_jsonl(path, skip_blank=True)
+    except fixtures.FixtureError as exc:
+        raise ReproError(str(exc)) from None
+    for n, row in rows:
         if not isinstance(row, dict):
             raise ReproError(f"{path} row {n}: expected a JSON object")
-        rows.append(row)
-    if not rows:
-        raise ReproError(f"{path}: no rows")
-    return rows
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return [row for _, row in rows]
 
 
 def _messages_ok(value: Any) -> bool:

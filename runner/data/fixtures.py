@@ -111,13 +111,8 @@ def _check_row(row: Any, schema: str) -> str | None:
     return None
 
 
-def load_fixture(path: str | Path, schema: str) -> list[dict]:
-    """Read a JSONL fixture and validate every row against `FIXTURE_SCHEMAS[schema]`.
-
-    Raises FixtureError("<path> row <n>: <what is wrong>") for the first bad row.
-    """
-    if schema not in FIXTURE_SCHEMAS:
-        raise FixtureError(f"unknown fixture schema {schema!r}; expected one of {', '.join(FIXTURE_SCHEMAS)}")
+def read_jsonl(path: str | Path, skip_blank: bool = False) -> list[tuple[int, Any]]:
+    """(1-based row number, parsed value) for every line; FixtureError names the first bad row."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -126,17 +121,31 @@ def load_fixture(path: str | Path, schema: str) -> list[dict]:
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
+            if skip_blank:
+                continue
             raise FixtureError(f"{path} row {n}: empty line")
         try:
-            row = json.loads(line)
+            rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise FixtureError(f"{path} row {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not rows:
+        raise FixtureError(f"{path}: no rows")
+    return rows
+
+
+def load_fixture(path: str | Path, schema: str) -> list[dict]:
+    """Read a JSONL fixture and validate every row against `FIXTURE_SCHEMAS[schema]`.
+
+    Raises FixtureError("<path> row <n>: <what is wrong>") for the first bad row.
+    """
+    if schema not in FIXTURE_SCHEMAS:
+        raise FixtureError(f"unknown fixture schema {schema!r}; expected one of {', '.join(FIXTURE_SCHEMAS)}")
+    rows = []
+    for n, row in read_jsonl(path):
         problem = _check_row(row, schema)
         if problem:
             raise FixtureError(f"{path} row {n}: {problem}")
         rows.append(row)
-    if not rows:
-        raise FixtureError(f"{path}: no rows")
     return rows
 
 

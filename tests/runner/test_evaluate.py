@@ -195,28 +195,9 @@ def test_not_a_model_directory(tmp_path):
 
 
 @pytest.fixture
-def run_cli(monkeypatch, db_url):
-    from registry.cli import run_app
-    from runner.eval_cli import register, register_plot
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    plot = typer.Typer()
-    app.add_typer(plot, name="plot")
-    register(app)
-    register_plot(plot)
-
-    def invoke(*args: str):
-        out, err = io.StringIO(), io.StringIO()
-        monkeypatch.setattr(sys, "stdout", out)
-        monkeypatch.setattr(sys, "stderr", err)
-        try:
-            code = run_app(app, list(args))
-        finally:
-            monkeypatch.setattr(sys, "stdout", sys.__stdout__)
-            monkeypatch.setattr(sys, "stderr", sys.__stderr__)
-        return code, out.getvalue(), err.getvalue()
-
-    return invoke
+def run_cli(cli, db_url):
+    """The whole `repro` app (eval, compare and plot are registered there), on this test's database."""
+    return cli
 
 
 def _make_run(tmp_path, models, run_id="tulu3-8b-rlvr-test-0001", profile="smoke", with_checkpoint=True):

@@ -75,7 +75,8 @@ def test_preference_pairs_share_the_prompt_and_differ_in_the_answer():
 def test_rlvr_rows_are_verifiable():
     rows = _rows("tulu3/rlvr-gsm-math-if.jsonl")
     by = {d: [r for r in rows if r["dataset"] == d] for d in ("gsm8k", "MATH", "ifeval")}
-    assert len(by["gsm8k"]) > len(rows) / 2 and by["MATH"] and by["ifeval"]
+    # ~30% gsm8k, ~15% MATH, ~55% ifeval (constraints a miniature can learn within a short RLVR run)
+    assert len(by["gsm8k"]) > len(rows) / 5 and len(by["MATH"]) > len(rows) / 10 and len(by["ifeval"]) > len(rows) / 3
     assert all(r["ground_truth"].isdigit() for r in by["gsm8k"])
     assert all("\\boxed{}" in r["messages"][0]["content"] for r in by["MATH"])
     for r in by["ifeval"]:

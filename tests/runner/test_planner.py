@@ -166,30 +166,8 @@ def test_every_recorded_layout_is_reproduced_at_its_gpu_count(reg):
 # ---------------------------------------------------------------- the command
 
 
-def run(monkeypatch, *args):
-    from registry.cli import run_app
-    from runner.plan_cli import register
-
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # a callback keeps "plan" a subcommand
-        pass
-
-    register(app)
-    out, err = io.StringIO(), io.StringIO()
-    monkeypatch.setattr(sys, "stdout", out)
-    monkeypatch.setattr(sys, "stderr", err)
-    try:
-        code = run_app(app, list(args))
-    finally:
-        monkeypatch.setattr(sys, "stdout", sys.__stdout__)
-        monkeypatch.setattr(sys, "stderr", sys.__stderr__)
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_cli_json_is_one_document(monkeypatch):
-    code, out, err = run(monkeypatch, "plan", "tulu3-8b", "--stage", "sft", "--gpus", "8", "--json")
+def test_cli_json_is_one_document(cli):
+    code, out, err = cli("plan", "tulu3-8b", "--stage", "sft", "--gpus", "8", "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert (doc["layout"]["num_processes"], doc["layout"]["per_device_batch_size"],
@@ -197,8 +175,8 @@ def test_cli_json_is_one_document(monkeypatch):
     assert doc["feasible"] and doc["broken"] == []
 
 
-def test_cli_table_and_nodes(monkeypatch):
-    code, out, _ = run(monkeypatch, "plan", "tulu3-70b", "--stage", "rlvr", "--gpus", "24", "--nodes", "3")
+def test_cli_table_and_nodes(cli):
+    code, out, _ = cli("plan", "tulu3-70b", "--stage", "rlvr", "--gpus", "24", "--nodes", "3")
     assert code == 0 and "rollout_batch" in out and "640" in out
 
 
@@ -208,8 +186,8 @@ def test_cli_table_and_nodes(monkeypatch):
     (["tulu3-8b", "--stage", "sfx", "--gpus", "8"], "did you mean 'sft'"),
     (["tulu-8b", "--stage", "sft", "--gpus", "8"], "did you mean 'tulu3-8b'"),
 ])
-def test_cli_bad_input_exits_2_with_one_line(monkeypatch, args, message):
-    code, out, err = run(monkeypatch, "plan", *args, "--json")
+def test_cli_bad_input_exits_2_with_one_line(cli, args, message):
+    code, out, err = cli("plan", *args, "--json")
     assert code == 2 and out == ""
     assert message in err and err.count("\n") == 1
 
