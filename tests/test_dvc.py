@@ -211,7 +211,7 @@ def _artifacts(project: Project) -> dict[str, str]:
         for stage in stages:
             base = project.path / "pipelines" / recipe / stage
             for name in ("checkpoint", "run.json", "metrics.json", "steps.tsv"):
-                out.update({f"{recipe}/{k}": v for k, v in _tree_md5(base / name).items()})
+                out.update({f"{recipe}/{stage}/{k}": v for k, v in _tree_md5(base / name).items()})
     return out
 
 
