@@ -401,7 +401,6 @@ def db_upgrade_cmd():
 @db_app.command("sync")
 def db_sync_cmd(as_json: bool = JsonOpt):
     """Index recipes.json into the database (idempotent; prints what changed)."""
-    scope, session = None, None
     from registry.database import session_scope
     from registry.sync import sync
 
@@ -410,7 +409,6 @@ def db_sync_cmd(as_json: bool = JsonOpt):
     if as_json:
         return emit_json({"changes": changes})
     sys.stdout.write(("\n".join(changes) if changes else "already in sync") + "\n")
-    del scope
 
 
 @app.command("validate")

@@ -174,13 +174,11 @@ def _smoke_stage_specific(stage: Stage, hps: dict[str, Any], recorded: dict[str,
         override("decay_steps", decay, "same decay fraction of the miniature run")
         override("decay_start_step", steps - decay, "decay over the last fraction of the miniature run")
     if stage.name == "rlvr":
-        episodes = hps["total_episodes"]
         prompts = 16
         override("effective_batch_size", prompts, "16 prompts per PPO step (rollout batch) on one process")
         override("num_processes", 1, smoke.ONE_PROCESS)
         override("gradient_accumulation_steps", prompts // hps["per_device_batch_size"],
                  "local mini-batch of 16 in micro-batches of per_device_batch_size")
-        del episodes
 
 
 def _model_plan(recipe: Recipe, profile: str, deviations: list[Deviation]) -> tuple[dict, dict]:

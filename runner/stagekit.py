@@ -15,7 +15,6 @@ from typing import Any, Callable
 import torch
 
 from registry.errors import ReproError
-from runner import smoke
 from runner.plan import RunPlan
 from runner.records import RunRecord
 
@@ -241,7 +240,3 @@ def tensorboard_writer(ctx: StageContext):  # noqa: ANN201
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(ctx.log_dir))
-
-
-def fixture_path_rel(path: str) -> str:
-    return Path(path).resolve().relative_to(smoke.ROOT).as_posix() if path.startswith(str(smoke.ROOT)) else path
