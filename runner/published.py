@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import ReproError
+from runner.data.fixtures import file_sha256 as sha256_file
 
 SMOLLM2_135M_INSTRUCT: dict[str, Any] = {
     "checkpoint": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -66,14 +67,6 @@ def cache_root() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("repro"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verified(path: Path, expected: str, what: str) -> Path:
