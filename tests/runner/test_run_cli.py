@@ -121,3 +121,11 @@ def test_max_steps_and_set_are_recorded_as_deviations(cli):
     devs = {d["key"]: d for d in record["deviations"]}
     assert devs["seed"]["value"] == 7 and devs["seed"]["reason"] == "--set on the command line"
     assert devs["optimizer_steps"]["value"] == 3 and len(record["steps"]) == 3
+
+
+def test_tensorboard_logging_when_asked(cli):
+    code, out, err = cli("run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--max-steps", "2",
+                         "--tensorboard", "--json")
+    assert code == 0, err
+    events = list((Path(json.loads(out)["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
