@@ -23,13 +23,9 @@ def layout_product(stage: Stage) -> int | None:
         gpus = stage.layout.actor_gpus
         samples = hp(stage, "samples_per_prompt") or 1
         return per_gpu * gpus // samples if per_gpu and gpus else None
-    if stage.name == "pretrain":
-        batch, seq = hp(stage, "effective_batch_size"), hp(stage, "max_seq_length")
-        pd, procs, ga = (hp(stage, k) for k in ("per_device_batch_size", "num_processes", "gradient_accumulation_steps"))
-        if pd and procs:
-            return pd * procs * (ga or 1)
-        return batch if batch and seq else None
     pd, ga, procs = (hp(stage, k) for k in ("per_device_batch_size", "gradient_accumulation_steps", "num_processes"))
+    if stage.name == "pretrain" and ga is None:
+        ga = 1  # nanotron configs state micro-batch × DP; no accumulation unless stated
     if isinstance(pd, int) and isinstance(ga, int) and isinstance(procs, int):
         return pd * ga * procs
     return None

@@ -47,10 +47,7 @@ def resolve_inputs(registry: Registry, plan: RunPlan, overrides: dict[str, str])
         if role == "tokenizer":
             continue
         out[role] = {"checkpoint": checkpoint}
-        if checkpoint in substituted and role not in overrides:
-            out[role].update(substituted[checkpoint])
-            continue
-        if role in overrides:
+        if checkpoint in substituted:
             out[role].update(substituted[checkpoint])
             continue
         ckpt = registry.model.checkpoints[checkpoint]

@@ -174,11 +174,6 @@ def train_rows(plan: RunPlan) -> list[dict[str, Any]]:
     return rows
 
 
-def conversation(row: dict[str, Any], side: str | None = None) -> list[dict[str, str]]:
-    """The message list of a row; ultrafeedback rows keep the prompt inside chosen/rejected already."""
-    return row[side] if side else row["messages"]
-
-
 # ---------------------------------------------------------------- checkpoints
 
 

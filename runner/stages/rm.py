@@ -80,8 +80,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     trainer, total = build_trainer(ctx, {"model": model}, list(model.parameters()), len(pairs))
     net = trainer.wrapped or model
 
-    def loss_fn(batch_ids, _index: int):  # noqa: ANN001
-        batch = [pairs[j] for j in batch_ids] if isinstance(batch_ids[0], int) else batch_ids
+    def loss_fn(batch: list[dict[str, list[int]]], _index: int):
         chosen, rejected = pair_scores(net, batch, pad)
         loss, accuracy = losses.bradley_terry_loss(chosen, rejected)
         return loss, {"accuracy": float(accuracy.detach()), "chosen_score": float(chosen.detach().mean()),
