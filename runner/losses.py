@@ -226,6 +226,44 @@ def apply_non_stop_penalty(
     return torch.where(stopped, scores, torch.full_like(scores, penalty_value))
 
 
+def rlvr_scores(
+    verified: Tensor,
+    rm_scores: Tensor,
+    contains_eos: Tensor,
+    last_index: Tensor,
+    *,
+    verifier_reward: float,
+    rm_multiplier: float,
+    non_stop_penalty: bool,
+    penalty_value: float,
+    min_response_length: int = 0,
+) -> Tensor:
+    """Sequence score of a rollout: s_b = verifier_reward·v_b + rm_multiplier·rm_b, replaced by the
+    penalty when non_stop_penalty is on and the response did not stop (no EOS, or ℓ_b < min_response_length:
+    ppo_vllm_thread_ray_gtrl.py folds the length test into `contain_stop_token` before the penalty)."""
+    scores = verifier_reward * verified + rm_multiplier * rm_scores
+    if not non_stop_penalty:
+        return scores
+    return apply_non_stop_penalty(scores, contains_eos, penalty_value, last_index=last_index,
+                                  min_response_length=min_response_length)
+
+
+def rlhf_reward(scores: Tensor, kl: Tensor, policy_mask: Tensor, beta: float) -> Tensor:
+    """Logged `objective/rlhf_reward` per sequence: s_b − β·Σ_{t ≤ ℓ_b} kl[b, t] (scores after the penalty)."""
+    non_score = torch.where(policy_mask.bool(), -beta * kl, torch.zeros_like(kl))
+    return scores + non_score.sum(1)
+
+
+def ppo_ratio_mean(new_logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
+    """Logged `val/ratio` of one micro-batch: mean over **all** B·L positions of ρ = exp(new − old).
+
+    Upstream fills both log-probs with the same constant beyond ℓ, so padding contributes ρ = 1 and
+    dilutes the value (quirk P2, like approxkl). The logged figure is the mean over micro-batches.
+    """
+    diff = torch.where(mask.bool(), new_logp - old_logp, torch.zeros_like(new_logp))
+    return torch.exp(diff).mean()
+
+
 def ppo_rewards(kl: Tensor, scores: Tensor, last_index: Tensor, beta: float) -> Tensor:
     """Per-token PPO reward.
 

@@ -185,6 +185,23 @@ def warmup_steps_for(total_steps: int, warmup_ratio: float, convention: str = "o
     raise ValueError(f"unknown warmup convention {convention!r}")
 
 
+def open_instruct_schedule(script: str, num_examples: int, per_device: int, accumulation: int, processes: int,
+                           epochs: int) -> tuple[int, int]:
+    """(schedule length T, scheduler steps per optimizer update) as the open-instruct script sized them.
+
+    finetune.py / dpo_tune.py ("sft", "dpo") size T before `accelerator.prepare`, from the un-sharded
+    dataloader: T = epochs·⌈⌈n/pd⌉/GA⌉, and the prepared scheduler then steps once per process per update
+    (semantics.md quirk 5). reward_modeling.py ("rm") never hands its scheduler to accelerate: it steps
+    once per update over T = ⌊epochs·n / (pd·GA·N)⌋·epochs (total_episodes // batch_size, times the epochs
+    again).
+    """
+    if script in ("sft", "dpo"):
+        return epochs * math.ceil(math.ceil(num_examples / per_device) / accumulation), processes
+    if script == "rm":
+        return (epochs * num_examples // (per_device * accumulation * processes)) * epochs, 1
+    raise ValueError(f"no open-instruct schedule for stage {script!r}")
+
+
 def lr_at_update(schedule_fn: Schedule, k: int, steps_per_update: int = 1, base_lr: float = 1.0) -> float:
     """Learning rate used by optimizer update k (1-based): base_lr · f((k − 1)·N).
 
@@ -206,9 +223,12 @@ SCHEDULE_NAMES = ("linear", "cosine", "constant", "wsd")
 
 
 def build_schedule(name: str, total_steps: int, warmup_steps: int, **wsd_kwargs) -> Schedule:
-    """Multiplier function by name. wsd_kwargs (wsd only): peak (required), min_lr=0,
-    decay_start, decay_steps (None → nanotron defaults), decay_style, warmup_style,
-    reproduce_lr_squared_bug; num_cycles for cosine."""
+    """Multiplier function by name. wsd_kwargs (wsd only): peak (required), min_lr, decay_start,
+    decay_steps (each None → nanotron's default), decay_style, warmup_style,
+    reproduce_lr_squared_bug; num_cycles for cosine.
+
+    nanotron's `LRSchedulerArgs.__post_init__` sets an unset `min_decay_lr` to the learning rate itself,
+    so a WSD schedule without min_lr never decays (semantics.md quirk 19)."""
     if name == "linear":
         return linear_warmup_decay(total_steps, warmup_steps)
     if name == "cosine":
@@ -221,7 +241,8 @@ def build_schedule(name: str, total_steps: int, warmup_steps: int, **wsd_kwargs)
         decay_start, decay_steps = nanotron_wsd_phases(
             total_steps, warmup_steps, kwargs.pop("decay_start", None), kwargs.pop("decay_steps", None)
         )
-        return wsd(peak, kwargs.pop("min_lr", 0.0), warmup_steps, decay_start, decay_steps, **kwargs)
+        min_lr = kwargs.pop("min_lr", None)
+        return wsd(peak, peak if min_lr is None else min_lr, warmup_steps, decay_start, decay_steps, **kwargs)
     raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULE_NAMES}")
 
 

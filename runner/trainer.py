@@ -48,9 +48,12 @@ class LoopConfig:
     checkpoint_every: int = 10
     steps_per_update: int = 1  # scheduler steps per optimizer update (accelerate-prepared: one per process)
     stop_after: int | None = None  # run fewer updates than the schedule spans (--max-steps)
+    schedule_steps: int | None = None  # the schedule's length where the recorded code sized it apart from the updates
 
     @property
     def schedule_length(self) -> int:
+        if self.schedule_steps is not None:
+            return self.schedule_steps
         return self.total_updates * self.steps_per_update
 
     @property

@@ -26,16 +26,18 @@ def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int 
         stop_after = ctx.max_updates
         plan.deviations.append({"key": "optimizer_steps", "recorded": total_updates, "value": stop_after,
                                 "reason": "--max-steps on the command line (the schedule keeps its full length)"})
-    # With accelerate, open-instruct's prepared scheduler steps once per process per update over a
-    # schedule sized from the un-sharded data (semantics.md quirk 5); one process reduces to the plain case.
-    steps_per_update = ctx.world if plan.family == "tulu3" else 1
+    schedule_steps, steps_per_update = total_updates, 1
+    if plan.family == "tulu3" and num_examples is not None and plan.stage in ("sft", "dpo", "rm"):
+        # The schedule's length as each open-instruct script computed it (semantics.md quirk 5), which
+        # is not the update count this run performs once the data is sharded over several processes.
+        schedule_steps, steps_per_update = schedules.open_instruct_schedule(
+            plan.stage, num_examples, pd, ga, ctx.world, int(plan.hp("epochs", 1)))
     warmup = plan.hp("warmup_steps")
     if warmup is None:
-        warmup = schedules.warmup_steps_for(total_updates * steps_per_update, plan.hp("warmup_ratio", 0.0),
-                                            warmup_convention(plan))
+        warmup = schedules.warmup_steps_for(schedule_steps, plan.hp("warmup_ratio", 0.0), warmup_convention(plan))
     wsd = {}
     if plan.hp("lr_scheduler") == "wsd":
-        wsd = {"peak": plan.hp("learning_rate"), "min_lr": plan.hp("min_learning_rate", 0.0),
+        wsd = {"peak": plan.hp("learning_rate"), "min_lr": plan.hp("min_learning_rate"),  # unset: the peak (nanotron)
                "decay_start": plan.hp("decay_start_step"), "decay_steps": plan.hp("decay_steps"),
                "decay_style": plan.hp("decay_style", "linear")}
     return LoopConfig(
@@ -44,7 +46,7 @@ def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int 
         weight_decay=plan.hp("weight_decay", 0.0),
         betas=(plan.hp("adam_beta1", 0.9), plan.hp("adam_beta2", 0.999)), eps=plan.hp("adam_epsilon", 1e-8),
         max_grad_norm=plan.hp("max_grad_norm", 1.0), wsd=wsd, steps_per_update=steps_per_update,
-        stop_after=stop_after,
+        stop_after=stop_after, schedule_steps=schedule_steps,
     )
 
 

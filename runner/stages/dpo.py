@@ -58,6 +58,25 @@ def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, avera
     return logps[:n], logps[n:]
 
 
+def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor, family: str) -> dict[str, float]:
+    """The reward statistics of one micro-batch, as the recorded trainer logged them.
+
+    open-instruct (tulu3) reduces each side to its micro-batch mean first, so `rewards_accuracy` is
+    1[mean chosen > mean rejected], an accuracy of means (semantics.md quirk 10), and it also logs
+    `rewards_average` = (mean chosen + mean rejected)/2. TRL (smollm2) logs the per-pair accuracy and no
+    average. The trainer then averages each key over the update's micro-batches, as both upstreams do.
+    """
+    mean_c, mean_r = chosen.mean(), rejected.mean()
+    out = {"rewards_chosen": float(mean_c), "rewards_rejected": float(mean_r),
+           "rewards_margin": float((chosen - rejected).mean())}
+    if family == "tulu3":
+        out["rewards_accuracy"] = float((mean_c > mean_r).float())
+        out["rewards_average"] = float((mean_c + mean_r) / 2)
+    else:
+        out["rewards_accuracy"] = float((chosen > rejected).float().mean())
+    return out
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     plan = ctx.plan
     set_determinism(plan.hp("seed", 0))
@@ -114,10 +133,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             rr = torch.stack([cache[j][1] for j in batch_ids])
         per_pair, chosen_r, rejected_r = losses.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type,
                                                          label_smoothing=smoothing)
-        # open-instruct logs accuracy of the micro-batch's mean rewards (semantics.md quirk 10); pd = 1 here.
-        return per_pair.mean(), {"rewards_chosen": float(chosen_r.mean()), "rewards_rejected": float(rejected_r.mean()),
-                                 "rewards_margin": float((chosen_r - rejected_r).mean()),
-                                 "rewards_accuracy": float((chosen_r > rejected_r).float().mean())}
+        return per_pair.mean(), reward_metrics(chosen_r, rejected_r, plan.family)
 
     drive(ctx, trainer, loss_fn, batches_for)
     policy.eval()

@@ -193,10 +193,7 @@ class Learner:
                  for b in range(len(rows))]
         verified = torch.tensor([verifiers.score(r["dataset"], t, r["ground_truth"], version)
                                  for r, t in zip(rows, texts)])
-        scores = hp("verifier_reward", 10) * verified + hp("reward_model_multiplier", 0.0) * rm
-        if hp("non_stop_penalty", True):
-            scores = losses.apply_non_stop_penalty(scores, has_eos, hp("penalty_reward_value", -10.0),
-                                                   last_index=last)
+        scores = final_scores(hp, verified, rm, has_eos, last)
         policy_mask, value_mask = losses.ppo_masks(last, length)
         kl = losses.kl_per_token(old_logp, ref_logp, hp("kl_estimator", "kl1"))
         rewards = losses.ppo_rewards(kl, scores, last, hp("kl_beta"))
@@ -205,7 +202,7 @@ class Learner:
         advantages = losses.whiten_advantages(advantages, policy_mask)
 
         pd = hp("per_device_batch_size")
-        stats: dict[str, float] = {"pg_loss": 0.0, "vf_loss": 0.0, "pg_clipfrac": 0.0, "approxkl": 0.0}
+        stats: dict[str, float] = {"pg_loss": 0.0, "vf_loss": 0.0, "pg_clipfrac": 0.0, "approxkl": 0.0, "ratio": 0.0}
         lr = self.policy_opt.param_groups[0]["lr"]
         permutations = torch.Generator().manual_seed(seed * 7919 + step)
         for _epoch in range(ppo_epochs):
@@ -218,10 +215,11 @@ class Learner:
                 values = token_values(value_model, query_response[mb], context, pad)
                 vf_loss, _ = losses.ppo_value_loss(values, old_values[mb], returns[mb], value_mask[mb],
                                                    hp("cliprange_value", 0.2))
+                ratio = losses.ppo_ratio_mean(new_logp.detach(), old_logp[mb], policy_mask[mb])
                 (pg_loss / len(micro)).backward()
                 (hp("vf_coef", 0.1) * vf_loss / len(micro)).backward()
                 for key, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", clipfrac),
-                                   ("approxkl", approxkl)):
+                                   ("approxkl", approxkl), ("ratio", ratio)):
                     stats[key] += float(value.detach()) / (len(micro) * ppo_epochs)
             # Separate engines upstream: each model is clipped and stepped on its own.
             torch.nn.utils.clip_grad_norm_(policy.parameters(), hp("max_grad_norm", 1.0))
@@ -236,8 +234,20 @@ class Learner:
             "verified_rate": float(verified.mean()), "score_mean": float(scores.mean()),
             "rm_score_mean": float(rm.mean()), "non_stop_rate": float((~has_eos).float().mean()),
             "response_length": float((last + 1).float().mean()),
-            "kl": float((kl * policy_mask).sum(1).mean()), **stats,
+            "kl": float((kl * policy_mask).sum(1).mean()),
+            "rlhf_reward": float(losses.rlhf_reward(scores, kl, policy_mask, hp("kl_beta")).mean()), **stats,
         }
+
+
+def final_scores(hp, verified: torch.Tensor, rm: torch.Tensor, has_eos: torch.Tensor,  # noqa: ANN001
+                 last: torch.Tensor) -> torch.Tensor:
+    """Step 4 of the module docstring from the plan's settings; `min_response_length` (default 0, as
+    recorded) joins the stop test exactly as upstream's `contain_stop_token` does."""
+    return losses.rlvr_scores(verified, rm, has_eos, last, verifier_reward=hp("verifier_reward", 10),
+                              rm_multiplier=hp("reward_model_multiplier", 0.0),
+                              non_stop_penalty=hp("non_stop_penalty", True),
+                              penalty_value=hp("penalty_reward_value", -10.0),
+                              min_response_length=hp("min_response_length", 0))
 
 
 @dataclass

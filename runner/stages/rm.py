@@ -83,8 +83,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     def loss_fn(batch: list[dict[str, list[int]]], _index: int):
         chosen, rejected = pair_scores(net, batch, pad)
         loss, accuracy = losses.bradley_terry_loss(chosen, rejected)
+        # reward_modeling.py logs train/rm/reward_margin = mean(r_w − r_l) beside the accuracy and both means.
         return loss, {"accuracy": float(accuracy.detach()), "chosen_score": float(chosen.detach().mean()),
-                      "rejected_score": float(rejected.detach().mean())}
+                      "rejected_score": float(rejected.detach().mean()),
+                      "reward_margin": float((chosen - rejected).detach().mean())}
 
     run_loop(ctx, trainer, pairs, loss_fn)
     model.eval()

@@ -389,3 +389,32 @@ def test_sum_reduction_scales_with_pd():
     full = _grad(x, labels, "sum", 16)  # pd = B = 16, GA = 1 → 1·Σ∇CE
     for pd in (8, 4, 1):
         torch.testing.assert_close(_grad(x, labels, "sum", pd), full * (pd / 16))
+
+
+# ---------------------------------------------------------------- RLVR scores and logged PPO figures --
+
+
+def test_rlvr_scores_min_response_length():
+    # Issue 14 item 2: min length 3, penalty −1, EOS at index 1 (ℓ = 1 < 3): upstream replaces the score.
+    verified, rm = t(1.0, 1.0), t(0.3, 0.3)
+    has_eos, last = torch.tensor([True, True]), torch.tensor([1, 4])
+    out = L.rlvr_scores(verified, rm, has_eos, last, verifier_reward=10.0, rm_multiplier=0.0,
+                        non_stop_penalty=True, penalty_value=-1.0, min_response_length=3)
+    assert out.tolist() == [-1.0, 10.0]
+    # the recorded default (0) keeps a short but stopped response's score
+    out = L.rlvr_scores(verified, rm, has_eos, last, verifier_reward=10.0, rm_multiplier=1.0,
+                        non_stop_penalty=True, penalty_value=-1.0)
+    assert out.tolist() == pytest.approx([10.3, 10.3])
+    off = L.rlvr_scores(verified, rm, torch.tensor([False, False]), last, verifier_reward=10.0, rm_multiplier=0.0,
+                        non_stop_penalty=False, penalty_value=-1.0, min_response_length=3)
+    assert off.tolist() == [10.0, 10.0]
+
+
+def test_rlhf_reward_and_ratio_by_hand():
+    kl = t(0.5, 1.0, 7.0).unsqueeze(0)
+    mask = torch.tensor([[True, True, False]])
+    # s − β·Σ_{t≤ℓ} kl = 10 − 0.1·1.5 = 9.85 (the 7.0 beyond ℓ is padding)
+    assert L.rlhf_reward(t(10.0), kl, mask, 0.1).tolist() == pytest.approx([9.85])
+    new, old = t(0.0, math.log(2.0), 5.0).unsqueeze(0), t(0.0, 0.0, 0.0).unsqueeze(0)
+    # ρ = (1, 2, pad → 1): the mean over all 3 positions is 4/3, diluted by the pad position
+    assert float(L.ppo_ratio_mean(new, old, mask)) == pytest.approx(4 / 3)

@@ -46,7 +46,8 @@ def test_smollm2_last_update_lr(smol):
 def test_wsd_torch_scheduler_matches_lambda():
     w = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([w], lr=P)
-    sched = S.build_scheduler(opt, "wsd", T, W, decay_start=START, decay_steps=D)
+    # SmolLM2's configs set min_decay_lr: 0 (unset, nanotron would hold the peak)
+    sched = S.build_scheduler(opt, "wsd", T, W, decay_start=START, decay_steps=D, min_lr=0.0)
     seen = []
     for _ in range(3):
         seen.append(opt.param_groups[0]["lr"])  # lr used by this update
@@ -179,3 +180,24 @@ def test_matches_transformers_schedules():
         assert factors(lambda o: tr.get_constant_schedule_with_warmup(o, warm), steps) == [
             S.constant(warm)(s) for s in steps
         ]
+
+
+def test_wsd_min_lr_defaults_to_the_peak():
+    # nanotron LRSchedulerArgs: min_decay_lr unset → the learning rate, so the "decay" stays at the peak.
+    fn = S.build_schedule("wsd", 30, 5, peak=1e-3)
+    assert 1e-3 * fn(10) == pytest.approx(1e-3, rel=1e-12)
+    assert 1e-3 * fn(29) == pytest.approx(1e-3, rel=1e-12)
+    # an explicit 0 (the SmolLM2 configs) still decays: (25 − 5)/25 of the peak at step 10
+    assert 1e-3 * S.build_schedule("wsd", 30, 5, peak=1e-3, min_lr=0.0)(10) == pytest.approx(8e-4, rel=1e-12)
+
+
+def test_open_instruct_schedule_length_from_the_unsharded_dataloader():
+    # Tülu 3 SFT: 939,344 examples, pd 1, GA 2, 64 processes, 2 epochs (quirk 5).
+    T, n = S.open_instruct_schedule("sft", 939_344, 1, 2, 64, 2)
+    assert (T, n) == (939_344, 64)
+    assert S.warmup_steps_for(T, 0.03) == 28_180
+    # the sharded update count, for contrast: 2·⌈⌈939,344/64⌉/2⌉ = 14,678 updates, 64 scheduler steps each
+    assert 14_678 * 64 == 939_392
+    # reward_modeling.py: total_episodes // batch_size, times the epochs once more; one step per update
+    assert S.open_instruct_schedule("rm", 1000, 2, 4, 8, 1) == (1000 // 64, 1)
+    assert S.open_instruct_schedule("rm", 1000, 2, 4, 8, 2) == ((2000 // 64) * 2, 1)
