@@ -18,7 +18,7 @@ from registry import derive
 from registry.errors import ReproError, nearest
 from registry.recipes import Registry
 from registry.schema import CANONICAL_KEYS, POSITIVE_INT_KEYS, Recipe, Stage
-from runner import smoke
+from runner import smoke, switches
 
 PROFILES = ("smoke", "recorded")
 CHAT_TEMPLATE_DEFAULT = {"tulu3": "tulu", "smollm2": "chatml"}
@@ -150,7 +150,7 @@ def resolve(registry: Registry, recipe_name: str, stage_name: str, profile: str 
         heldout=heldout, phases=phases, inputs=inputs or {}, layout=layout,
         derived=derive.derived(registry.model, recipe, stage),
         extra={"verifier_version": stage.verifier_version, "code": stage.code.model_dump(),
-               "reference_mode": _reference_mode(stage)},
+               "reference_mode": _reference_mode(stage), "switches": switches.resolve(family, stage_name)},
     )
     plan.deviations = [asdict(d) for d in deviations]
     return plan

@@ -221,7 +221,8 @@ def encode_preference_trl(prompt: str | Messages, chosen: str | Messages, reject
     `[:max_completion_length]` (None in the recipe).
     `concatenated_forward`: prompt + completion, loss mask 0 on the prompt, then the
     whole sequence truncated on the right to max_length (keep the start).
-    Returns chosen_/rejected_ input_ids, labels (-100 on prompt), attention_mask;
+    Returns chosen_/rejected_ input_ids, labels (-100 on prompt), attention_mask, and the
+    prompt_length / completion_length ints before the max_length cut;
     pairs are never dropped here (TRL 0.12 keeps every row).
     """
     if not isinstance(prompt, str):
@@ -241,6 +242,9 @@ def encode_preference_trl(prompt: str | Messages, chosen: str | Messages, reject
             c_ids = c_ids[:max_completion_length]
         ids = p_ids + c_ids
         labels = [IGNORE_INDEX] * len(p_ids) + c_ids
+        # TRL pads prompt and completion apart before its max_length cut; the padding quirk of 0.12
+        # (huggingface/trl#2330, runner/stages/dpo.py) depends on these two lengths.
+        out[f"{side}_prompt_length"], out[f"{side}_completion_length"] = len(p_ids), len(c_ids)
         if max_length is not None:
             ids, labels = ids[:max_length], labels[:max_length]
         out[f"{side}_input_ids"] = ids

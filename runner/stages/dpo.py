@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from runner import losses
+from runner import losses, switches
 from runner.data import masking
 from runner.stagekit import (StageContext, input_path, load_causal_lm, load_rows, load_tokenizer, save_checkpoint,
                              set_determinism, train_rows, write_metrics_file)
@@ -47,10 +47,36 @@ def encode_pairs(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict
     return out, dropped
 
 
-def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-    """Per-pair log-probs of chosen and rejected from one forward over both (as upstream batches them)."""
+def trl012_width(prompt_lengths: list[int], completion_lengths: list[int], max_length: int | None) -> int:
+    """Columns TRL 0.12's `concatenated_forward` keeps for a concatenated (chosen + rejected) batch.
+
+    It left-pads prompts to P = max prompt length, right-pads completions to C = max completion length,
+    flushes every row left, then cuts at the first all-padding column with an off-by-one
+    (`[:, :first_empty_col - 1]`, huggingface/trl#2330, fixed in 0.13), then at max_length. An empty column
+    exists only when the longest row L = max(p_i + c_i) is shorter than P + C, i.e. when the longest prompt
+    and the longest completion belong to different pairs, so one pair per device never triggers it.
+    Returns min(L − 1 if L < P + C else P + C, max_length).
+    """
+    full = max(prompt_lengths) + max(completion_lengths)
+    longest = max(p + c for p, c in zip(prompt_lengths, completion_lengths))
+    width = longest - 1 if longest < full else full
+    return width if max_length is None else min(width, max_length)
+
+
+def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, average: bool,  # noqa: ANN001
+                       trl012_max_length: int | None | bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair log-probs of chosen and rejected from one forward over both (as upstream batches them).
+
+    `trl012_max_length` (an int or None, the plan's max_length) applies TRL 0.12's padding cut (see
+    `trl012_width`); False keeps every token.
+    """
     rows = [{"input_ids": ex[f"{side}_input_ids"], "labels": ex[f"{side}_labels"],
              "attention_mask": ex[f"{side}_attention_mask"]} for side in ("chosen", "rejected") for ex in batch]
+    if trl012_max_length is not False:
+        width = trl012_width([ex[f"{side}_prompt_length"] for side in ("chosen", "rejected") for ex in batch],
+                             [ex[f"{side}_completion_length"] for side in ("chosen", "rejected") for ex in batch],
+                             trl012_max_length)
+        rows = [{k: v[:width] for k, v in row.items()} for row in rows]
     tensors = masking.collate(rows, pad)
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
     logps = losses.sequence_logps(logits, tensors["labels"], average=average)
@@ -89,6 +115,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     average = loss_type in ("dpo_norm", "simpo")
     pad = tokenizer.pad_token_id
     reference_mode = plan.extra.get("reference_mode") or "live"
+    # TRL 0.12's padding cut, for the SmolLM2 runs it trained (a recorded switch, semantics.md quirk 18)
+    trl_cut = plan.hp("max_seq_length") if plan.family != "tulu3" and switches.is_on(plan.extra, "trl_2330_padding") \
+        else False
 
     rows = train_rows(plan)
     pairs, dropped = encode_pairs(plan, rows, tokenizer)
@@ -122,12 +151,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     def loss_fn(batch_ids: list[int], index: int):
         batch = [pairs[j] for j in batch_ids]
-        pc, pr = concatenated_logps(net, batch, pad, average)
+        pc, pr = concatenated_logps(net, batch, pad, average, trl_cut)
         if loss_type == "simpo":
             rc = rr = None
         elif reference is not None:
             with torch.no_grad():
-                rc, rr = concatenated_logps(reference, batch, pad, average)
+                rc, rr = concatenated_logps(reference, batch, pad, average, trl_cut)
         else:
             rc = torch.stack([cache[j][0] for j in batch_ids])
             rr = torch.stack([cache[j][1] for j in batch_ids])

@@ -58,3 +58,73 @@ def test_wsd_stage_without_min_lr_keeps_the_peak():
     ctx = _ctx("smollm2", "pretrain", 1, learning_rate=1e-3, lr_scheduler="wsd")
     cfg = common.loop_config(ctx, None, total_updates=30)
     assert cfg.wsd["min_lr"] is None  # → the peak inside build_schedule (nanotron's default)
+
+
+# ---------------------------------------------------------------- TRL 0.12 padding (huggingface/trl#2330) --
+
+def test_trl012_width_by_hand():
+    # pair A: prompt 5, completions 2 (chosen) and 1; pair B: prompt 3, completions 4 and 3 (rows ordered
+    # chosen A, chosen B, rejected A, rejected B). Padded width P + C = 5 + 4 = 9, longest row 7 < 9:
+    # an empty column exists and the cut keeps 7 − 1 = 6 columns.
+    from runner.stages.dpo import trl012_width
+
+    assert trl012_width([5, 3, 5, 3], [2, 4, 1, 3], None) == 6
+    assert trl012_width([5, 3, 5, 3], [2, 4, 1, 3], 5) == 5  # then the max_length cut
+    # one pair per device: the same prompt on both rows, so the longest row fills the width; nothing cut
+    assert trl012_width([4, 4], [3, 1], None) == 7
+    # the longest prompt also has the longest completion: no empty column
+    assert trl012_width([5, 3, 5, 3], [4, 2, 1, 3], None) == 9
+
+
+class _Bigram(torch.nn.Module):
+    """logits[t] = table[ids[t]]: a model whose log-probs are a fixed function of the previous token."""
+
+    def __init__(self, vocab: int = 11) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0),
+                                                    dtype=torch.float64))
+
+    def forward(self, input_ids, attention_mask=None):  # noqa: ANN001
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def _pair(prompt: list[int], chosen: list[int], rejected: list[int]) -> dict:
+    out = {}
+    for side, comp in (("chosen", chosen), ("rejected", rejected)):
+        out[f"{side}_input_ids"] = prompt + comp
+        out[f"{side}_labels"] = [-100] * len(prompt) + comp
+        out[f"{side}_attention_mask"] = [1] * (len(prompt) + len(comp))
+        out[f"{side}_prompt_length"], out[f"{side}_completion_length"] = len(prompt), len(comp)
+    return out
+
+
+def test_trl012_padding_drops_the_longest_rows_last_token():
+    from runner.stages.dpo import concatenated_logps
+
+    model = _Bigram()
+    a = _pair([1, 2, 3, 4, 5], [6, 7], [8])
+    b = _pair([1, 2, 3], [6, 7, 8, 9], [9, 8, 7])
+    pc, pr = concatenated_logps(model, [a, b], 0, False, None)
+    full_c, full_r = concatenated_logps(model, [a, b], 0, False)
+    logp = torch.log_softmax(model.table, -1)
+    # chosen A (length 7) loses its last token 7 (predicted from 6); chosen B (length 7) loses 9 (from 8)
+    assert float(pc[0]) == pytest.approx(float(full_c[0] - logp[6, 7]))
+    assert float(pc[1]) == pytest.approx(float(full_c[1] - logp[8, 9]))
+    assert torch.equal(pr, full_r)  # the shorter rows (6 tokens) are untouched
+    # one pair per device: nothing changes
+    one_c, one_r = concatenated_logps(model, [b], 0, False, None)
+    assert torch.equal(one_c, full_c[1:]) and torch.equal(one_r, full_r[1:])
+
+
+def test_trl_padding_switch_is_recorded_and_switchable():
+    from runner import switches
+
+    assert switches.resolve("smollm2", "dpo", "") == {"trl_2330_padding": True}
+    assert switches.resolve("smollm2", "dpo", "trl_2330_padding=off") == {"trl_2330_padding": False}
+    assert "trl_2330_padding" not in switches.resolve("tulu3", "dpo", "")
+    assert switches.resolve("tulu3", "rlvr", "checker_error_scores_0=off") == {
+        "empty_ground_truth_scores_0": True, "checker_error_scores_0": False}
+    from registry.errors import ReproError
+
+    with pytest.raises(ReproError, match="unknown switch"):
+        switches.resolve("smollm2", "dpo", "trl_padding=off")
