@@ -191,7 +191,8 @@ class Learner:
             rm = rm_scores(self.reward_model, query_response, pad)  # still computed at multiplier 0, as then
         texts = [tokenizer.decode(responses[b, :int(last[b]) + 1], skip_special_tokens=True)
                  for b in range(len(rows))]
-        verified = torch.tensor([verifiers.score(r["dataset"], t, r["ground_truth"], version)
+        switch_kw = verifiers.switch_kwargs(self.plan.extra)  # the recorded verifier deviations
+        verified = torch.tensor([verifiers.score(r["dataset"], t, r["ground_truth"], version, **switch_kw)
                                  for r, t in zip(rows, texts)])
         scores = final_scores(hp, verified, rm, has_eos, last)
         policy_mask, value_mask = losses.ppo_masks(last, length)

@@ -12,12 +12,19 @@ Public API::
 quirks included; see each module's docstring) or the ``corrected`` verifiers.
 
 Release dispatch facts reproduced here: the reward is ``verifier_reward`` (10) when
-verified, else 0; a ``None`` ground truth scores 0. Deviations: an empty-string ground
-truth also scores 0 (release GSM8K would have matched an empty/number-free response
-against it); unknown tasks raise ``UnknownVerifierError`` instead of silently scoring 0
-(the runner should reject such rows up front, see ``validate_ground_truth``); verifier
-exceptions that aborted the release reward computation score 0 instead (ifeval counts
-them in ``ifeval.RELEASE_ERRORS``).
+verified, else 0; a ``None`` ground truth scores 0. Unknown tasks raise
+``UnknownVerifierError`` instead of silently scoring 0 (the runner rejects such rows up
+front, see ``validate_ground_truth``).
+
+Two deliberate deviations from the release, each a switch (runner/switches.py, recorded in
+the run's plan; docs/semantics.md gives their replay difference):
+  * ``empty_gt_scores_0`` (default on): an empty-string ground truth scores 0. Off: it is
+    compared as the release compared it (GSM8K matches a number-free empty answer, MATH an
+    empty candidate such as the one ``$$x$$`` yields, IFEval raises on the JSON).
+  * ``checker_errors_score_0`` (default on): an exception from a release checker scores 0
+    (ifeval counts it in ``ifeval.RELEASE_ERRORS``). Off: it propagates, which in the
+    release aborted the whole reward computation.
+The corrected verifiers always score both cases 0.
 """
 
 from __future__ import annotations
@@ -70,21 +77,39 @@ def extract_response(decoded: str) -> str:
     return decoded if idx < 0 else decoded[idx + len(ASSISTANT_MARKER):]
 
 
-def score(task: str, response: str, ground_truth, version: str = "release-2024-11") -> float:
-    """1.0 if ``response`` is verified against ``ground_truth`` for ``task``, else 0.0."""
+def score(task: str, response: str, ground_truth, version: str = "release-2024-11", *,
+          empty_gt_scores_0: bool = True, checker_errors_score_0: bool = True) -> float:
+    """1.0 if ``response`` is verified against ``ground_truth`` for ``task``, else 0.0.
+
+    The two keyword switches are the release deviations of the module docstring; they only
+    change the release version.
+    """
     module = _MODULES[_task(task)]
     version = _version(version)
-    if ground_truth is None or (isinstance(ground_truth, str) and ground_truth == ""):
+    release = version == "release-2024-11"
+    if ground_truth is None:
+        return 0.0
+    if isinstance(ground_truth, str) and ground_truth == "" and (empty_gt_scores_0 or not release):
         return 0.0
     if response is None:
         response = ""
-    fn = module.score_release if version == "release-2024-11" else module.score_corrected
-    return float(fn(str(response), ground_truth))
+    if release:
+        return float(module.score_release(str(response), ground_truth, raise_errors=not checker_errors_score_0))
+    return float(module.score_corrected(str(response), ground_truth))
+
+
+def switch_kwargs(extra: dict | None) -> dict[str, bool]:
+    """``score`` keywords from a plan's recorded switches (``plan.extra``)."""
+    from runner import switches
+
+    extra = extra or {}
+    return {"empty_gt_scores_0": switches.is_on(extra, "empty_ground_truth_scores_0"),
+            "checker_errors_score_0": switches.is_on(extra, "checker_error_scores_0")}
 
 
 def reward(task: str, response: str, ground_truth, version: str = "release-2024-11",
-           verifier_reward: float = 10.0) -> float:
-    return verifier_reward * score(task, response, ground_truth, version)
+           verifier_reward: float = 10.0, **switch_kw: bool) -> float:
+    return verifier_reward * score(task, response, ground_truth, version, **switch_kw)
 
 
 def validate_ground_truth(task: str, ground_truth) -> str | None:

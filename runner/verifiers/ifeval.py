@@ -16,9 +16,10 @@ release-2024-11 (open-instruct 3dd7a07da ``if_functions.py``), quirks reproduced
   * highlighted sections = matches of ``\\*(.*?)\\*`` (``**bold**`` counts 2);
   * a lone ``"`` passes the quotation check; sections = ``text.split(splitter)`` count;
   * ground truth without ``func_name`` (or not parseable) scores 0.
-  Deviations: where release *raised* (multi-character letter in letter_frequency,
-  unknown func_name, bad kwargs, langdetect on featureless text, deeply nested JSON) and
-  aborted the whole reward batch, we score 0 and count it in ``RELEASE_ERRORS``.
+  Deviation (switch ``checker_errors_score_0``, default on): where release *raised*
+  (multi-character letter in letter_frequency, unknown func_name, bad kwargs, langdetect on
+  featureless text, deeply nested JSON) and aborted the whole reward batch, we score 0 and
+  count it in ``RELEASE_ERRORS``; with the switch off the exception propagates.
   langdetect is seeded (release was unseeded, i.e. nondeterministic on borderline
   text). Lazy-match regexes are replaced by linear scans with identical results.
 
@@ -361,8 +362,20 @@ def validate_ground_truth(ground_truth) -> str | None:
     return None
 
 
-def _score(version: str, funcs: dict, response: str, ground_truth) -> float:
+def _release_raising(funcs: dict, text: str, ground_truth) -> float:
+    """verify_ifeval_sample as released, exceptions included (they aborted the reward computation)."""
+    constraint = json.loads(ground_truth) if isinstance(ground_truth, str) else dict(ground_truth)
+    if "func_name" not in constraint:
+        return 0.0
+    func = funcs[constraint.pop("func_name")]  # KeyError for an unknown name, as released
+    kwargs = {k: v for k, v in constraint.items() if v is not None}
+    return 1.0 if func(text, **kwargs) else 0.0
+
+
+def _score(version: str, funcs: dict, response: str, ground_truth, raise_errors: bool = False) -> float:
     text = response.split(MARKER)[-1].strip()
+    if raise_errors:
+        return _release_raising(funcs, text, ground_truth)
     constraint, problem = parse_ground_truth(ground_truth)
     if problem:
         return 0.0
@@ -381,8 +394,8 @@ def _score(version: str, funcs: dict, response: str, ground_truth) -> float:
     return 1.0 if result else 0.0
 
 
-def score_release(response: str, ground_truth) -> float:
-    return _score("release-2024-11", RELEASE_FUNCS, response, ground_truth)
+def score_release(response: str, ground_truth, raise_errors: bool = False) -> float:
+    return _score("release-2024-11", RELEASE_FUNCS, response, ground_truth, raise_errors)
 
 
 def score_corrected(response: str, ground_truth) -> float:

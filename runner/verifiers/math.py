@@ -617,7 +617,8 @@ def _response_text(response: str) -> str:
     return response.split(MARKER)[-1].strip()
 
 
-def score_release(response: str, ground_truth: str) -> float:
+def score_release(response: str, ground_truth: str, raise_errors: bool = False) -> float:  # noqa: ARG001
+    # verify_math_sample never raised: every parse/compare failure was already caught upstream.
     gt = str(ground_truth)
     for cand in release_candidates(_response_text(response)):
         # OR of the two checks; the cheap string check goes first (same result).

@@ -1,5 +1,6 @@
 """Dispatch, API and GSM8K tests for runner.verifiers (table-driven)."""
 
+import json
 import time
 
 import pytest
@@ -154,3 +155,33 @@ def test_gsm8k_huge_number_values():
     assert score("gsm8k", "x " + big, big, R) == 1.0
     assert score("gsm8k", "x " + big, big + ".0", C) == 1.0
     assert score("gsm8k", "x " + big, big + ".0", R) == 0.0
+
+
+# ---------------------------------------------------------------- release deviations as switches --
+
+def test_empty_ground_truth_switch():
+    # number-free empty answer vs empty ground truth: the release compared "" == "" and rewarded it
+    assert score("gsm8k", "", "", "release-2024-11") == 0.0
+    assert score("gsm8k", "", "", "release-2024-11", empty_gt_scores_0=False) == 1.0
+    assert score("math", r"so $$x$$", "", "release-2024-11", empty_gt_scores_0=False) == 1.0
+    assert score("gsm8k", "", "", "corrected", empty_gt_scores_0=False) == 0.0
+
+
+def test_raising_checker_switch():
+    gt = json.dumps({"func_name": "verify_letter_frequency", "letter": "ab", "N": 1})
+    assert score("ifeval", "abc", gt, "release-2024-11") == 0.0
+    with pytest.raises(ValueError):
+        score("ifeval", "abc", gt, "release-2024-11", checker_errors_score_0=False)
+    with pytest.raises(KeyError):
+        score("ifeval", "abc", json.dumps({"func_name": "nope"}), "release-2024-11", checker_errors_score_0=False)
+    # without func_name the release returned False rather than raising
+    assert score("ifeval", "abc", json.dumps({"N": 1}), "release-2024-11", checker_errors_score_0=False) == 0.0
+    ok = json.dumps({"func_name": "validate_lowercase"})
+    assert score("ifeval", "abc", ok, "release-2024-11", checker_errors_score_0=False) == 1.0
+
+
+def test_switch_kwargs_from_a_plan():
+    from runner.verifiers import switch_kwargs
+
+    assert switch_kwargs({}) == {"empty_gt_scores_0": True, "checker_errors_score_0": True}
+    assert switch_kwargs({"switches": {"checker_error_scores_0": False}})["checker_errors_score_0"] is False
