@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -181,10 +182,10 @@ def _flat_for(reg: Registry, target: str):
     if ":" in target:
         recipe, stage = reg.parse_target(target)
         return flatten_stage(reg, recipe, stage)
-    from registry.database import session_scope
+    from registry.database import read_scope
     from registry.queries import get_run
 
-    with session_scope() as session:
+    with read_scope() as session:
         run = get_run(session, target)
         if run is None:
             raise ReproError(f"unknown target {target!r}: expected RECIPE:STAGE (e.g. tulu3-8b:sft) or a run id")
@@ -237,20 +238,28 @@ def audit_cmd(recipe: str, as_json: bool = JsonOpt):
 # ---------------------------------------------------------------- database-backed reads
 
 
-def synced_session():
-    """A session on a database synced with recipes.json (cheap when already in sync)."""
-    from registry.database import session_scope
-    from registry.sync import sync
+@contextmanager
+def indexed_session(reg: Registry) -> Iterator[Any]:
+    """A read-only session on a database that indexes this recipes.json. It writes only when the index
+    is stale (recipes.json changed or the database is new); on a read-only database that is one line."""
+    from registry.database import database_url, is_read_only_error, read_scope, safe_url, session_scope
+    from registry.sync import is_current, sync
 
-    reg = registry()
-    scope = session_scope()
-    session = scope.__enter__()
+    with read_scope() as session:
+        if is_current(session, reg):
+            yield session
+            return
     try:
-        sync(session, reg)
-    except BaseException:
-        scope.__exit__(*sys.exc_info())
-        raise
-    return scope, session
+        with session_scope() as session:
+            sync(session, reg)
+    except ReproError as exc:
+        if not is_read_only_error(exc):
+            raise
+        raise ReproError(f"database {safe_url(database_url())} is read-only and does not index the current "
+                         "recipes.json; run `repro db sync` with write access, or point REPRO_DATABASE_URL at "
+                         "a writable copy") from None
+    with read_scope() as session:
+        yield session
 
 
 def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
@@ -280,24 +289,36 @@ def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
     raise unknown("lineage target", target, candidates)
 
 
+def _depth_option(value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 1:
+        raise ReproError(f"--depth must be ≥ 1 (got {value}); omit it for the whole graph")
+    return value
+
+
 @app.command("lineage")
 def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstream", help="What consumed TARGET."),
                 verify: bool = typer.Option(False, "--verify", help="Re-hash recorded inputs and outputs."),
+                depth: Optional[int] = typer.Option(None, "--depth", help="Stop N edges from TARGET (default: "
+                                                    "the whole graph); the output names where it cut."),
                 as_json: bool = JsonOpt):
     """The graph upstream of a checkpoint, run or recipe:stage (or downstream with --downstream)."""
-    from registry.queries import lineage_tree, reachable
+    from registry.lineage import lineage_edges, lineage_tree, reachable
 
+    depth = _depth_option(depth)
     reg = registry()
-    scope, session = synced_session()
-    try:
+    with indexed_session(reg) as session:
         node = resolve_node(session, reg, target)
-        tree = lineage_tree(session, node, downstream=downstream)
-        impacted = reachable(session, node, downstream=True) if downstream else []
-        problems = _verify_hashes(session, node) if verify else []
-    finally:
-        scope.__exit__(None, None, None)
+        edges = lineage_edges(session, node, downstream=downstream, max_depth=depth)
+        tree = lineage_tree(session, node, downstream=downstream, max_depth=depth, edges=edges)
+        # The whole impact, even where the tree is cut; without a cut it is the same walk's edges.
+        impacted = reachable(session, node, downstream=True, edges=edges if depth is None else None) \
+            if downstream else []
+        problems = _verify_hashes(session, node, edges if not downstream and depth is None else None) \
+            if verify else []
+    cut = tree.cut_nodes()
     if as_json:
-        emit_json({"target": node, "direction": "downstream" if downstream else "upstream", "tree": tree.to_json(),
+        emit_json({"target": node, "direction": "downstream" if downstream else "upstream",
+                   **({"depth": depth, "cut": cut} if depth is not None else {}), "tree": tree.to_json(),
                    **({"impacted": impacted} if downstream else {}),
                    **({"verify": problems} if verify else {})})
     else:
@@ -307,6 +328,8 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
             label = child.key + (f"  [dim]({child.relation})[/dim]" if child.relation else "")
             if child.repeated:
                 label += "  [dim](see above)[/dim]"
+            if child.truncated:
+                label += f"  [yellow](cut at depth {depth})[/yellow]"
             if child.content_hash:
                 label += f"  [dim]{child.content_hash[:12]}[/dim]"
             sub = branch.add(label)
@@ -317,42 +340,58 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
         for child in tree.children:
             add(root, child)
         console().print(root)
+        if cut:
+            sys.stdout.write(f"cut at depth {depth} below {len(cut)} node(s): {', '.join(cut[:5])}"
+                             f"{', …' if len(cut) > 5 else ''}; raise --depth or omit it for the whole graph\n")
         for p in problems:
             sys.stderr.write(f"{p['status']}: {p['node']} ({p['detail']})\n")
     if any(p["status"] != "ok" for p in problems):
         raise typer.Exit(1)
 
 
-def _verify_hashes(session, node: str) -> list[dict[str, str]]:  # noqa: ANN001
+def _verify_hashes(session, node: str, upstream_edges=None) -> list[dict[str, str]]:  # noqa: ANN001
     """Re-hash every file-backed input/output recorded with a content hash under `node`'s runs."""
     from registry.hashing import verify_edges
 
-    return verify_edges(session, node)
+    return verify_edges(session, node, upstream_edges)
 
 
 @app.command("runs")
 def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bool = JsonOpt,
-             limit: int = typer.Option(50, "--limit")):
-    """The recorded runs, newest first."""
+             limit: int = typer.Option(50, "--limit", help="runs per page"),
+             offset: int = typer.Option(0, "--offset", help="skip this many of the newest runs"),
+             after: Optional[str] = typer.Option(None, "--after", help="the page after this run id (a cursor: "
+                                                 "the last id of the previous page)")):
+    """The recorded runs, newest first, one page at a time."""
     import socket
 
-    from registry.queries import as_utc, list_runs, mark_stale_runs
+    from contextlib import nullcontext
 
-    scope, session = synced_session()
-    try:
-        mark_stale_runs(session, socket.gethostname(), _pid_alive)
-        runs = list_runs(session, recipe=recipe, limit=limit)
-        rows = [{"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile, "status": r.status,
-                 "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
-                 "final_metrics": r.final_metrics, "deviations": r.deviations, "run_dir": r.run_dir,
-                 "error": r.error} for r in runs]
-    finally:
-        scope.__exit__(None, None, None)
+    from registry.database import read_scope, sqlite_file_missing
+    from registry.queries import as_utc, list_runs, stale_reason
+
+    reg = registry()  # a broken recipes.json is reported by every command
+    if recipe is not None and recipe not in reg.recipes and not recipe.startswith("external"):
+        raise unknown("recipe", recipe, reg.recipes)
+    host = socket.gethostname()
+    missing = sqlite_file_missing()  # no database yet: no runs, and nothing to create
+    with nullcontext() if missing else read_scope() as session:
+        runs = [] if missing else list_runs(session, recipe=recipe, limit=limit, offset=offset, after=after)
+        rows = []
+        for r in runs:
+            # A dead run still recorded as running is reported interrupted without writing it down;
+            # `repro db gc` (or the next `repro run`/`eval`) records it.
+            stale = stale_reason(r, host, _pid_alive)
+            rows.append({"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile,
+                         "status": "interrupted" if stale else r.status,
+                         "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
+                         "final_metrics": r.final_metrics, "deviations": r.deviations, "run_dir": r.run_dir,
+                         "error": r.error or stale, **({"stale": True} if stale else {})})
     if as_json:
         return emit_json(rows)
     from rich.table import Table
 
-    table = Table(title=f"runs ({len(rows)})")
+    table = Table(title=f"runs ({len(rows)}{', from ' + str(offset + 1) if offset else ''})")
     for col in ("run", "profile", "status", "created (UTC)", "key metric", "deviations"):
         table.add_column(col, overflow="fold")
     for r in rows:
@@ -361,11 +400,15 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
         metric = next(((k, r["final_metrics"][k]) for k in preferred
                        if isinstance(r["final_metrics"].get(k), (int, float))), None)
         keys = sorted({d.get("key", "?").split(".")[0] for d in r["deviations"]})
-        table.add_row(r["id"], r["profile"], r["status"], (r["created_at"] or "")[:16].replace("T", " "),
+        table.add_row(r["id"], r["profile"], r["status"] + (" (stale)" if r.get("stale") else ""),
+                      (r["created_at"] or "")[:16].replace("T", " "),
                       f"{metric[0]}={metric[1]:.4g}" if metric else "",
                       f"{len(r['deviations'])} ({', '.join(keys[:4])}{', …' if len(keys) > 4 else ''})"
                       if r["deviations"] else "none")
     console().print(table)
+    if len(rows) == limit:
+        sys.stdout.write(f"next page: repro runs --limit {limit} --after {rows[-1]['id']}"
+                         f"{' --recipe ' + recipe if recipe else ''}\n")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -396,6 +439,23 @@ def db_upgrade_cmd():
     url = database_url()
     before, after = upgrade(make_engine(url))
     sys.stdout.write(f"{safe_url(url)}: {before or 'empty'} -> {after}\n")
+
+
+@db_app.command("gc")
+def db_gc_cmd(as_json: bool = JsonOpt):
+    """Record runs whose process died (no pid, or no heartbeat for 10 minutes) as interrupted."""
+    import socket
+
+    from registry.database import session_scope
+    from registry.queries import mark_stale_runs
+
+    with session_scope() as session:
+        marked = mark_stale_runs(session, socket.gethostname(), _pid_alive)
+    if as_json:
+        return emit_json({"interrupted": marked})
+    sys.stdout.write((f"marked {len(marked)} run(s) interrupted: " + ", ".join(marked)) if marked
+                     else "no stale runs")
+    sys.stdout.write("\n")
 
 
 @db_app.command("sync")

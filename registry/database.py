@@ -4,6 +4,10 @@ SQLite (default: a file in the user's data directory) runs in WAL mode with a
 busy timeout and takes its write lock at BEGIN (IMMEDIATE), so concurrent
 writers queue instead of failing on a lock upgrade. Any SQLAlchemy URL works
 through REPRO_DATABASE_URL (PostgreSQL for teams).
+
+Read commands use `read_scope`: SQLite opened with mode=ro (the file cannot be
+written through it, even by root) and PostgreSQL in a READ ONLY transaction,
+so they work on a read-only database and cannot write by mistake.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db import SCHEMA_REVISION
 from registry.errors import ReproError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup")  # oldest first; the last one is SCHEMA_REVISION
+KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup", "0003_step_series")  # oldest first; the last one is SCHEMA_REVISION
 
 
 def default_url() -> str:
@@ -119,6 +123,16 @@ def _connectable_revision(engine: Engine) -> str | None:
     except OperationalError as exc:
         raise ReproError(f"cannot connect to database {safe_url(str(engine.url.render_as_string(False)))}: "
                          f"{_first_line(exc)}") from None
+    except DatabaseError as exc:
+        if "not a database" not in str(exc):
+            raise
+        raise _not_a_database(engine.url.database, exc) from None
+
+
+def _not_a_database(path: str | None, exc: SQLAlchemyError) -> ReproError:
+    # sqlite3 says only "file is not a database"; name the file and the two ways out.
+    return ReproError(f"{path} is not an SQLite database ({_first_line(exc)}); move it aside (a new database is "
+                      "created there) or point REPRO_DATABASE_URL at a repro database")
 
 
 def _first_line(exc: SQLAlchemyError) -> str:
@@ -152,6 +166,104 @@ def _engine_for(url: str) -> Engine:
 
 def get_engine(url: str | None = None) -> Engine:
     return _engine_for(url or database_url())
+
+
+def _sqlite_path(url: str) -> Path | None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # get_engine names the bad URL
+    if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()
+
+
+def sqlite_file_missing(url: str | None = None) -> bool:
+    """True for an SQLite URL whose file does not exist yet: a read command then has nothing to read
+    and need not create it."""
+    path = _sqlite_path(url or database_url())
+    return path is not None and not path.exists()
+
+
+def _sqlite_read_engine(path: Path) -> Engine:
+    import sqlite3
+    from urllib.parse import quote
+
+    # immutable=1 only where nobody can write (the directory is read-only to us): a WAL database
+    # cannot otherwise be opened there, since its -shm file cannot be created.
+    immutable = not os.access(path.parent, os.W_OK) and not (path.parent / f"{path.name}-shm").exists()
+    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=60,
+                                                                         check_same_thread=False))
+
+    @event.listens_for(engine, "connect")
+    def _read_only_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_deferred(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN")  # one read snapshot for the whole command, no write lock
+
+    return engine
+
+
+def _read_engine_for(url: str) -> Engine | None:
+    """A read-only engine on an SQLite file at the current schema; None when the file is missing or
+    not at the current schema (the caller then goes through get_engine, which creates or refuses)."""
+    path = _sqlite_path(url)
+    if path is None:
+        return None
+    if not path.exists():
+        return None
+    engine = _sqlite_read_engine(path)
+    try:
+        revision = current_revision(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        raise ReproError(f"cannot open database {path}: {_first_line(exc)}") from None
+    except DatabaseError as exc:
+        engine.dispose()
+        if "not a database" not in str(exc):
+            raise
+        raise _not_a_database(str(path), exc) from None
+    if revision != SCHEMA_REVISION:
+        engine.dispose()
+        return None
+    return engine
+
+
+@contextmanager
+def read_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that cannot write, for read commands; it is rolled back at the end."""
+    url = url or database_url()
+    engine = _read_engine_for(url)
+    if engine is None:
+        shared = get_engine(url)  # creates a missing database, refuses an old or foreign one
+        engine = _read_engine_for(url)
+    try:
+        with Session(engine or shared) as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SET TRANSACTION READ ONLY"))
+            yield session
+            session.rollback()
+    except (OperationalError, ProgrammingError) as exc:
+        raise ReproError(f"database error on {safe_url(url)}: {_first_line(exc)}") from None
+    except DatabaseError as exc:
+        if "not a database" not in str(exc):
+            raise
+        raise _not_a_database(str(_sqlite_path(url)), exc) from None
+    finally:
+        if engine is not None:
+            engine.dispose()  # close the read-only file now; the shared engine stays cached
+
+
+def is_read_only_error(exc: BaseException) -> bool:
+    text_ = str(exc).lower()
+    return any(s in text_ for s in ("readonly", "read-only", "read only", "permission denied"))
 
 
 @contextmanager

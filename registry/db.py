@@ -23,7 +23,7 @@ NAMING_CONVENTION = {
 
 # The Alembic head this code expects. A test asserts it equals the migrations' head,
 # so the check at connect time needs no migration machinery (it keeps `repro list` fast).
-SCHEMA_REVISION = "0002_run_metric_lookup"
+SCHEMA_REVISION = "0003_step_series"
 
 
 def utcnow() -> datetime:
@@ -122,13 +122,18 @@ class PublishedMetricRow(Base):
 
 class RunRow(Base):
     __tablename__ = "runs"
+    # `repro runs` pages newest first (optionally within a recipe) and the stale-run sweep looks for
+    # status 'running': each reads an index instead of the whole table.
+    __table_args__ = (Index("ix_runs_newest", "created_at", "id"),
+                      Index("ix_runs_recipe_newest", "recipe", "created_at", "id"),
+                      Index("ix_runs_status", "status"))
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    recipe: Mapped[str] = mapped_column(String(64), index=True)
+    recipe: Mapped[str] = mapped_column(String(64))
     stage: Mapped[str] = mapped_column(String(16))
     profile: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed | interrupted
     run_dir: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     pid: Mapped[int | None] = mapped_column(Integer)
@@ -142,6 +147,9 @@ class RunRow(Base):
 
 
 class RunMetricRow(Base):
+    """Final and eval metrics, one row each (compare and diff query them). Per-step training values
+    live in RunSeriesRow and in the run directory's steps.tsv, not here."""
+
     __tablename__ = "run_metrics"
     # compare/plot read one metric's series of one run at a time.
     __table_args__ = (Index("ix_run_metrics_lookup", "run_id", "kind", "name"),)
@@ -155,15 +163,36 @@ class RunMetricRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RunSeriesRow(Base):
+    """One logged training metric of one run over its steps: two JSON arrays, one row per run and
+    metric. A run logs thousands of steps; a row per value made run_metrics the largest table."""
+
+    __tablename__ = "run_series"
+    __table_args__ = (UniqueConstraint("run_id", "kind", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default="train")
+    points: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[list[Any]] = mapped_column(JSON)
+    # Non-finite values are stored as the strings "nan", "inf", "-inf" (PostgreSQL's JSON has no NaN).
+    values: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class LineageEdgeRow(Base):
     """parent -> child. Nodes are typed keys: checkpoint:NAME, dataset:NAME@REV, code:REPO@COMMIT,
-    stage:RECIPE:STAGE, run:ID."""
+    stage:RECIPE:STAGE, run:ID.
+
+    The unique (parent, child, relation) index serves downstream walks and (child, parent) upstream
+    ones: the recursive lineage queries read only these indexes, never the whole table."""
 
     __tablename__ = "lineage_edges"
-    __table_args__ = (UniqueConstraint("parent", "child", "relation"),)
+    __table_args__ = (UniqueConstraint("parent", "child", "relation"),
+                      Index("ix_lineage_edges_upstream", "child", "parent"))
     id: Mapped[int] = mapped_column(primary_key=True)
-    parent: Mapped[str] = mapped_column(String(512), index=True)
-    child: Mapped[str] = mapped_column(String(512), index=True)
+    parent: Mapped[str] = mapped_column(String(512))
+    child: Mapped[str] = mapped_column(String(512))
     relation: Mapped[str] = mapped_column(String(32))
     origin: Mapped[str] = mapped_column(String(16), default="recipe")  # recipe | run
     content_hash: Mapped[str | None] = mapped_column(String(128))  # DVC/file hash recorded at the time

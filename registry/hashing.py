@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from registry.db import LineageEdgeRow
 
 
 def file_md5(path: Path) -> str:
@@ -39,35 +37,69 @@ def dvc_hash(path: str | Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
+def runs_root() -> Path:
+    """Where runs live: the same rule as runner.plan.runs_root (the registry imports no runner)."""
+    return Path(os.environ.get("REPRO_RUNS_DIR", "runs")).resolve()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bases() -> dict[str, Path]:
+    return {"runs": runs_root(), "project": PROJECT_ROOT}
+
+
 def edge_note(path: str | Path) -> str:
+    """The note of a hashed edge: the file's path relative to the runs root (or, for the project's own
+    fixtures, to the checkout), so a moved runs directory or checkout still verifies; the absolute
+    path is kept as a hint for files outside both."""
+    path = Path(path).absolute()
+    for base, root in _bases().items():
+        try:
+            return json.dumps({"relpath": path.relative_to(root).as_posix(), "base": base, "path": str(path)})
+        except ValueError:
+            continue
     return json.dumps({"path": str(path)})
 
 
-def verify_edges(session: Session, node: str) -> list[dict[str, Any]]:
-    """Re-hash the files behind every hashed edge touching `node` (and upstream run edges)."""
-    from registry.queries import reachable
+def note_path(note: str | None) -> Path | None:
+    """The file an edge's note names: its relative path under today's base when that exists there,
+    else the absolute hint (notes written before relative paths hold only that)."""
+    try:
+        data = json.loads(note or "{}")
+    except json.JSONDecodeError:
+        return None
+    hint = Path(data["path"]) if data.get("path") else None
+    base = _bases().get(data.get("base") or "")
+    if base is not None and data.get("relpath"):
+        relative = base / data["relpath"]
+        if relative.exists() or hint is None or not hint.exists():
+            return relative
+    return hint
 
-    nodes = {node, *reachable(session, node, downstream=False)}
+
+def verify_edges(session: Session, node: str, upstream_edges: list | None = None) -> list[dict[str, Any]]:
+    """Re-hash the files behind every hashed edge upstream of `node` (and its upstream runs' outputs).
+
+    The edges come from the same recursive walk as `repro lineage`, and each file is hashed once, so
+    the cost is the hashing of the answer, not a scan of the database."""
+    from registry.lineage import hashed_edges_to_verify
+
     results = []
-    for edge in session.scalars(select(LineageEdgeRow).where(LineageEdgeRow.content_hash.is_not(None))):
-        if edge.parent not in nodes and edge.child not in nodes:
+    hashed: dict[Path, str] = {}
+    for subject, edge in hashed_edges_to_verify(session, node, upstream_edges):
+        path = note_path(edge.note)
+        if path is None:
             continue
-        try:
-            path = json.loads(edge.note or "{}").get("path")
-        except json.JSONDecodeError:
-            path = None
-        # The hashed file belongs to the checkpoint an edge leads to (a run's output, a converted copy),
-        # otherwise to the input it comes from (a dataset file, a parent run's checkpoint).
-        subject = edge.child if edge.child.startswith("checkpoint:") else edge.parent
-        if not path:
-            continue
-        if not Path(path).exists():
+        if not path.exists():
             results.append({"node": subject, "status": "missing", "detail": f"{path} no longer exists"})
             continue
-        now = dvc_hash(path)
+        if path not in hashed:
+            hashed[path] = dvc_hash(path)
+        now = hashed[path]
         if now != edge.content_hash:
             results.append({"node": subject, "status": "modified",
                             "detail": f"{path}: recorded {edge.content_hash[:12]}, now {now[:12]}"})
         else:
-            results.append({"node": subject, "status": "ok", "detail": path})
+            results.append({"node": subject, "status": "ok", "detail": str(path)})
     return results

@@ -1,27 +1,32 @@
-"""Reads and writes of runs, run metrics and lineage. Every run query lives here."""
+"""Reads and writes of runs, run metrics, step series and lineage. Every run query lives here
+(the lineage graph walks are in registry.lineage and re-exported here)."""
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+import math
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
-from registry.db import CheckpointRow, LineageEdgeRow, PublishedMetricRow, RunMetricRow, RunRow, utcnow
+from registry.db import (CheckpointRow, LineageEdgeRow, PublishedMetricRow, RunMetricRow, RunRow, RunSeriesRow,
+                         utcnow)
+from registry.errors import ReproError
+from registry.lineage import LineageNode, add_edges, lineage_edges, lineage_tree, node_exists, reachable
+
+__all__ = ["LineageNode", "add_edges", "lineage_edges", "lineage_tree", "node_exists", "reachable"]
 
 # A run whose heartbeat is older than this, on a process that is gone, is reported interrupted.
 STALE_AFTER = timedelta(minutes=10)
 
 
 def add_run(session: Session, run: RunRow, edges: list[tuple[str, str, str, str | None]]) -> None:
-    """Insert a run and its lineage edges (parent, child, relation, content_hash)."""
+    """Insert a run and its lineage edges (parent, child, relation, content_hash); an edge that would
+    close a cycle is refused (ReproError) before anything is committed."""
     session.add(run)
     session.flush()
-    for parent, child, relation, digest in edges:
-        session.add(LineageEdgeRow(parent=parent, child=child, relation=relation, origin="run", content_hash=digest))
+    add_edges(session, [(parent, child, relation, digest, None) for parent, child, relation, digest in edges])
 
 
 def update_run(session: Session, run_id: str, **values: Any) -> RunRow:
@@ -34,6 +39,7 @@ def update_run(session: Session, run_id: str, **values: Any) -> RunRow:
 
 
 def add_run_metrics(session: Session, run_id: str, metrics: list[dict[str, Any]]) -> None:
+    """Final and eval metrics, one row each. Per-step training values go to replace_run_series."""
     for m in metrics:
         session.add(RunMetricRow(run_id=run_id, name=m["name"], value=float(m["value"]), step=m.get("step"),
                                  kind=m.get("kind", "train"), protocol=m.get("protocol")))
@@ -42,6 +48,47 @@ def add_run_metrics(session: Session, run_id: str, metrics: list[dict[str, Any]]
 def replace_eval_metrics(session: Session, run_id: str, names: list[str]) -> None:
     session.execute(delete(RunMetricRow).where(RunMetricRow.run_id == run_id, RunMetricRow.kind == "eval",
                                                RunMetricRow.name.in_(names)))
+
+
+def _encode(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)  # JSON (PostgreSQL's) has no NaN/Infinity
+
+
+def _decode(value: float | str) -> float:
+    return float(value)
+
+
+def step_series(steps: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """{metric: (steps, values)} from per-step records ({"step": 3, "loss": 1.2, ...}), numbers only."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for index, record in enumerate(steps):
+        for name, value in record.items():
+            if name == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            xs, ys = out.setdefault(name, ([], []))
+            xs.append(record.get("step", index))
+            ys.append(float(value))
+    return out
+
+
+def replace_run_series(session: Session, run_id: str, series: dict[str, tuple[list[int], list[float]]],
+                       kind: str = "train") -> None:
+    """One row per (run, metric) holding the whole series; a second call (a resumed run finishing)
+    replaces the first rather than duplicating it."""
+    session.execute(delete(RunSeriesRow).where(RunSeriesRow.run_id == run_id, RunSeriesRow.kind == kind))
+    for name, (xs, ys) in series.items():
+        session.add(RunSeriesRow(run_id=run_id, name=name, kind=kind, points=len(xs), steps=list(xs),
+                                 values=[_encode(float(v)) for v in ys]))
+
+
+def run_series(session: Session, run_id: str, names: list[str] | None = None,
+               kind: str = "train") -> dict[str, tuple[list[int], list[float]]]:
+    """{metric: (steps, values)} of one run, read from its series rows (one row per metric)."""
+    query = select(RunSeriesRow).where(RunSeriesRow.run_id == run_id, RunSeriesRow.kind == kind)
+    if names:
+        query = query.where(RunSeriesRow.name.in_(names))
+    return {row.name: (list(row.steps), [_decode(v) for v in row.values])
+            for row in session.scalars(query.order_by(RunSeriesRow.name))}
 
 
 def register_run_checkpoint(session: Session, run_id: str, name: str, path: str, kind: str, digest: str,
@@ -62,12 +109,25 @@ def get_run(session: Session, run_id: str) -> RunRow | None:
     return run
 
 
-def list_runs(session: Session, recipe: str | None = None, stage: str | None = None, limit: int = 100) -> list[RunRow]:
-    query = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)
+def list_runs(session: Session, recipe: str | None = None, stage: str | None = None, limit: int = 100,
+              offset: int = 0, after: str | None = None) -> list[RunRow]:
+    """One page of runs, newest first, read along the (created_at, id) index (or (recipe, created_at,
+    id) with a recipe). `after` is a cursor: the id of the last run of the previous page; unlike an
+    offset it stays correct while new runs arrive."""
+    if limit < 1 or offset < 0:
+        raise ReproError(f"--limit must be ≥ 1 and --offset ≥ 0 (got limit {limit}, offset {offset})")
+    query = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit).offset(offset)
     if recipe:
         query = query.where(RunRow.recipe == recipe)
     if stage:
         query = query.where(RunRow.stage == stage)
+    if after is not None:
+        last = session.get(RunRow, after)
+        if last is None:
+            raise ReproError(f"unknown run {after!r} for --after: pass the id of the last run of the previous "
+                             "page (see `repro runs --json`)")
+        query = query.where(or_(RunRow.created_at < last.created_at,
+                                and_(RunRow.created_at == last.created_at, RunRow.id < last.id)))
     return list(session.scalars(query))
 
 
@@ -91,96 +151,34 @@ def published_metrics(session: Session, checkpoint: str) -> list[PublishedMetric
     return list(session.scalars(select(PublishedMetricRow).where(PublishedMetricRow.checkpoint_id == row.id)))
 
 
-def mark_stale_runs(session: Session, hostname: str, pid_alive) -> list[str]:  # noqa: ANN001
-    """Runs left 'running' by a process that died are marked interrupted, never left running forever:
-    on this host, when their pid is gone; elsewhere, when their heartbeat is older than STALE_AFTER."""
+def stale_reason(run: RunRow, hostname: str, pid_alive: Callable[[int], bool], now: datetime | None = None) -> str | None:
+    """Why a run recorded as 'running' is not running any more, or None while it may still be:
+    on this host, when its pid is gone; elsewhere, when its heartbeat is older than STALE_AFTER."""
+    if run.status != "running":
+        return None
+    now = now or utcnow()
+    beat = run.heartbeat_at or run.created_at
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=timezone.utc)
+    if run.hostname == hostname and run.pid is not None and not pid_alive(run.pid):
+        return "process ended without finishing (killed or crashed)"
+    if now - beat > STALE_AFTER:
+        return f"no heartbeat since {beat.isoformat(timespec='seconds')}"
+    return None
+
+
+def mark_stale_runs(session: Session, hostname: str, pid_alive: Callable[[int], bool]) -> list[str]:
+    """Record runs left 'running' by a process that died as interrupted (a write: only `repro run`,
+    `repro eval` and `repro db gc` call it; read commands report staleness with stale_reason)."""
     marked = []
     now = utcnow()
-    for run in session.scalars(select(RunRow).where(RunRow.status == "running")):
-        beat = run.heartbeat_at or run.created_at
-        if beat.tzinfo is None:
-            beat = beat.replace(tzinfo=timezone.utc)
-        if run.hostname == hostname and run.pid is not None and not pid_alive(run.pid):
-            reason = "process ended without finishing (killed or crashed)"
-        elif now - beat > STALE_AFTER:
-            reason = f"no heartbeat since {beat.isoformat(timespec='seconds')}"
-        else:
+    for run in session.scalars(select(RunRow).where(RunRow.status == "running")):  # ix_runs_status
+        reason = stale_reason(run, hostname, pid_alive, now)
+        if reason is None:
             continue
         run.status, run.finished_at, run.error = "interrupted", now, run.error or reason
         marked.append(run.id)
     return marked
-
-
-# ---------------------------------------------------------------- lineage
-
-
-@dataclass
-class LineageNode:
-    key: str
-    relation: str | None = None
-    content_hash: str | None = None
-    children: list["LineageNode"] = field(default_factory=list)
-    repeated: bool = False  # already expanded elsewhere in the tree
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"node": self.key}
-        if self.repeated:
-            out["repeated"] = True
-        if self.relation:
-            out["relation"] = self.relation
-        if self.content_hash:
-            out["content_hash"] = self.content_hash
-        if self.children:
-            out["children"] = [c.to_json() for c in self.children]
-        return out
-
-
-def node_exists(session: Session, key: str) -> bool:
-    return session.scalar(select(LineageEdgeRow.id).where(
-        or_(LineageEdgeRow.parent == key, LineageEdgeRow.child == key)).limit(1)) is not None
-
-
-def lineage_tree(session: Session, root: str, downstream: bool = False, max_depth: int = 12) -> LineageNode:
-    """Upstream (what produced root) or downstream (what consumed it) as a tree; shared nodes repeat."""
-    edges = list(session.scalars(select(LineageEdgeRow)))
-    index: dict[str, list[LineageEdgeRow]] = {}
-    for e in edges:
-        index.setdefault(e.parent if downstream else e.child, []).append(e)
-
-    expanded: set[str] = set()
-
-    def build(key: str, relation: str | None, digest: str | None, depth: int, trail: frozenset[str]) -> LineageNode:
-        node = LineageNode(key, relation, digest)
-        if key in expanded and index.get(key):
-            node.repeated = True  # a shared ancestor (e.g. the SFT stage under init and reference) shown once
-            return node
-        expanded.add(key)
-        if depth >= max_depth:
-            return node
-        for e in sorted(index.get(key, []), key=lambda e: (e.relation, e.child if downstream else e.parent)):
-            nxt = e.child if downstream else e.parent
-            if nxt in trail:
-                continue
-            node.children.append(build(nxt, e.relation, e.content_hash, depth + 1, trail | {nxt}))
-        return node
-
-    return build(root, None, None, 0, frozenset({root}))
-
-
-def reachable(session: Session, root: str, downstream: bool) -> list[str]:
-    edges = list(session.scalars(select(LineageEdgeRow)))
-    index: dict[str, list[str]] = {}
-    for e in edges:
-        a, b = (e.parent, e.child) if downstream else (e.child, e.parent)
-        index.setdefault(a, []).append(b)
-    seen, queue = [], deque([root])
-    while queue:
-        key = queue.popleft()
-        for nxt in index.get(key, []):
-            if nxt not in seen and nxt != root:
-                seen.append(nxt)
-                queue.append(nxt)
-    return seen
 
 
 def run_input_hashes(session: Session, run_id: str) -> list[LineageEdgeRow]:

@@ -30,6 +30,13 @@ def _lock(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(7312)"))
 
 
+def is_current(session: Session, registry: Registry) -> bool:
+    """Whether the database already indexes this recipes file (a read: read commands check this and
+    sync only when it is stale)."""
+    state = session.get(SyncState, FILE_HASH_KEY)
+    return state is not None and state.value == content_hash(registry.raw)
+
+
 def sync(session: Session, registry: Registry) -> list[str]:
     """Returns the changes made, e.g. ["updated stage tulu3-8b:sft"]; [] when already in sync."""
     _lock(session)

@@ -22,8 +22,9 @@ from typing import Any
 
 from registry.database import session_scope
 from registry.db import RunRow, utcnow
-from registry.hashing import dvc_hash, edge_note
-from registry.queries import add_run, add_run_metrics, register_run_checkpoint, update_run
+from registry.hashing import dvc_hash
+from registry.queries import (add_edges, add_run, add_run_metrics, register_run_checkpoint, replace_run_series,
+                              step_series, update_run)
 from runner.plan import RunPlan, runs_root
 
 PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "datasets", "deepspeed", "sqlalchemy", "pydantic",
@@ -178,17 +179,8 @@ def start_run(plan: RunPlan, inputs: dict[str, Any], output_dir: Path | None = N
 
 
 def _add_edges(session, edges) -> None:  # noqa: ANN001
-    from sqlalchemy import select
-
-    from registry.db import LineageEdgeRow
-
-    for parent, child, relation, digest, path in edges:
-        exists = session.scalar(select(LineageEdgeRow).where(LineageEdgeRow.parent == parent,
-                                                            LineageEdgeRow.child == child,
-                                                            LineageEdgeRow.relation == relation))
-        if exists is None:
-            session.add(LineageEdgeRow(parent=parent, child=child, relation=relation, origin="run",
-                                       content_hash=digest, note=edge_note(path) if path else None))
+    # Skips edges already recorded, refuses one that would close a cycle, stores paths relative to the runs root.
+    add_edges(session, edges)
 
 
 def resume_run(record: RunRecord) -> None:
@@ -217,10 +209,8 @@ def finish_run(record: RunRecord, status: str, error: str | None = None) -> None
     with session_scope() as session:
         update_run(session, record.run_id, status=status, error=error, finished_at=utcnow(),
                    final_metrics=record.final_metrics, heartbeat_at=utcnow())
-        add_run_metrics(session, record.run_id, [
-            {"name": name, "value": value, "step": step.get("step"), "kind": "train"}
-            for step in record.steps for name, value in step.items()
-            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)])
+        # Per-step values: one series row per metric (steps.tsv and run.json hold them too), not a row per value.
+        replace_run_series(session, record.run_id, step_series(record.steps))
         add_run_metrics(session, record.run_id, [
             {"name": name, "value": value, "kind": "final"} for name, value in record.final_metrics.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)])
