@@ -29,7 +29,10 @@ corrected (differences from release):
     longer word), or the stripped response equals an option;
   * capital words "around": within ``max(round(0.1*N), 1)``;
   * end: stripped response ends with the stripped phrase;
-  * json: optional ``` fences removed; must parse to an object/array; NaN/Infinity rejected;
+  * json: ``` fences removed as the Google checker removes them (```json / ```Json / ```JSON /
+    ``` prefix, ``` suffix, no newline needed); must parse to an object/array; NaN/Infinity rejected;
+  * keyword and letter frequency take the Google relations ("less than", "at least"; letter also
+    as ``let_relation``); without one they mean exactly N; a multi-character letter scores 0;
   * highlighted: non-empty ``*x*`` spans plus non-empty ``**x**`` spans (Google IFEval rule);
   * quotation: at least two characters;
   * sections: count of ``<splitter> <number>`` headers (case-insensitive) >= N;
@@ -279,7 +282,17 @@ def cor_validate_sections(text, N, section_splitter):
     return len(headers) >= N
 
 
-_FENCE = re.compile(r"^```[a-zA-Z]*[ \t]*\n(.*)\n```$", re.DOTALL)
+def _unfence(text: str) -> str:
+    # The Google checker's fence removal: prefixes ```json / ```Json / ```JSON / ``` and a ``` suffix,
+    # with no newline required, so a tight fence (```json{"a": 1}```) is accepted too.
+    body = text.strip()
+    for prefix in ("```json", "```Json", "```JSON", "```"):
+        if body.startswith(prefix):
+            body = body[len(prefix):]
+            break
+    if body.endswith("```"):
+        body = body[:-3]
+    return body.strip()
 
 
 def _no_constants(name):
@@ -287,8 +300,7 @@ def _no_constants(name):
 
 
 def cor_validate_json_format(text):
-    m = _FENCE.match(text.strip())
-    body = m.group(1) if m else text
+    body = _unfence(text)
     try:
         value = json.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError):
@@ -298,6 +310,28 @@ def cor_validate_json_format(text):
 
 def cor_validate_frequency_capital_words(text, N, quantifier):
     return _quantity(len(_CAPS.findall(text)), N, quantifier, _tol10)
+
+
+_RELATIONS = {"less than": lambda count, n: count < n, "at least": lambda count, n: count >= n}
+
+
+def _relation_holds(count: int, N, relation) -> bool:
+    # Google IFEval's two relations; without one, "exactly N" as the Tülu 3 ground truths mean it.
+    if relation is None:
+        return count == N
+    test = _RELATIONS.get(str(relation).strip().lower())
+    return test is not None and test(count, N)
+
+
+def cor_verify_keyword_frequency(text, word, N, relation=None):
+    target = word.lower()
+    return _relation_holds(sum(1 for w in _WORD.findall(text.lower()) if w == target), N, relation)
+
+
+def cor_verify_letter_frequency(text, letter, N, relation=None, let_relation=None):
+    if len(letter) != 1:
+        return False  # the release raised here (see verify_letter_frequency)
+    return _relation_holds(text.count(letter), N, relation if relation is not None else let_relation)
 
 
 def cor_validate_end(text, end_phrase):
@@ -321,7 +355,9 @@ _VARIANT = ("validate_paragraphs", "validate_placeholders", "verify_bullet_point
             "validate_json_format", "validate_frequency_capital_words", "validate_end",
             "validate_quotation")
 RELEASE_FUNCS = {**_SHARED, **{n: globals()["rel_" + n] for n in _VARIANT}}
-CORRECTED_FUNCS = {**_SHARED, **{n: globals()["cor_" + n] for n in _VARIANT}}
+CORRECTED_FUNCS = {**_SHARED, **{n: globals()["cor_" + n] for n in _VARIANT},
+                   "verify_keyword_frequency": cor_verify_keyword_frequency,
+                   "verify_letter_frequency": cor_verify_letter_frequency}
 FUNC_NAMES = tuple(sorted(RELEASE_FUNCS))
 assert len(FUNC_NAMES) == 25
 
@@ -352,8 +388,8 @@ def validate_ground_truth(ground_truth) -> str | None:
     if name not in RELEASE_FUNCS:
         return f"ifeval func_name {name!r} is not one of the 25 release functions"
     kwargs = {k: v for k, v in constraint.items() if v is not None}
-    try:
-        inspect.signature(RELEASE_FUNCS[name]).bind("", **kwargs)
+    try:  # the corrected signatures are supersets (the frequency relations), so a row valid for either passes
+        inspect.signature(CORRECTED_FUNCS[name]).bind("", **kwargs)
     except TypeError as e:
         return f"ifeval {name}: bad kwargs ({e})"
     if name == "verify_letter_frequency" and len(str(kwargs.get("letter", ""))) != 1:

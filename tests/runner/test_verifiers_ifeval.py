@@ -171,3 +171,33 @@ def test_ifeval_adversarial_bounded(response, ground_truth, rel, cor):
     assert score("ifeval", response, ground_truth, R) == rel
     assert score("ifeval", response, ground_truth, C) == cor
     assert time.perf_counter() - t0 < 5.0
+
+
+@pytest.mark.parametrize("text", ['```json{"a": 1}```', '```JSON {"a": [1, 2]} ```', '```{"a": 1}```',
+                                  '```json\n{"a": 1}\n```', '  ```Json\n{"a": 1}```  '])
+def test_corrected_json_accepts_tight_fences(text):
+    assert score("ifeval", text, gt("validate_json_format"), C) == 1.0
+    assert score("ifeval", text, gt("validate_json_format"), R) == 0.0  # release: json.loads on the fence
+
+
+@pytest.mark.parametrize("func, kw, text, expected", [
+    ("verify_keyword_frequency", {"word": "cat", "N": 3, "relation": "less than"}, "cat cat dog", 1),
+    ("verify_keyword_frequency", {"word": "cat", "N": 2, "relation": "less than"}, "cat cat dog", 0),
+    ("verify_keyword_frequency", {"word": "cat", "N": 2, "relation": "at least"}, "cat cat dog", 1),
+    ("verify_keyword_frequency", {"word": "cat", "N": 3, "relation": "at least"}, "Cat cat dog", 0),
+    ("verify_keyword_frequency", {"word": "cat", "N": 2}, "cat cat dog", 1),          # no relation: exactly
+    ("verify_keyword_frequency", {"word": "cat", "N": 2, "relation": "around"}, "cat cat", 0),  # unknown
+    ("verify_letter_frequency", {"letter": "a", "N": 4, "let_relation": "less than"}, "banana", 1),
+    ("verify_letter_frequency", {"letter": "a", "N": 3, "relation": "less than"}, "banana", 0),
+    ("verify_letter_frequency", {"letter": "a", "N": 3, "relation": "at least"}, "banana", 1),
+    ("verify_letter_frequency", {"letter": "ab", "N": 3, "relation": "at least"}, "abab", 0),
+])
+def test_corrected_frequency_relations(func, kw, text, expected):
+    assert score("ifeval", text, gt(func, **kw), C) == expected
+    if len(kw.get("letter", "x")) == 1:  # a relation is a valid ground-truth key
+        assert validate_ground_truth("ifeval", gt(func, **kw)) is None
+
+
+def test_release_frequency_has_no_relation():
+    # verify_keyword_frequency(text, word, N) took no relation: the call raised, which scores 0 here
+    assert score("ifeval", "cat cat", gt("verify_keyword_frequency", word="cat", N=3, relation="less than"), R) == 0.0
