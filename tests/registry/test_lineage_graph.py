@@ -1,0 +1,168 @@
+"""Lineage walks in the database: the same trees as the previous in-Python walk, unbounded depth with
+an explicit --depth cut, cycles refused when written, relative paths that survive a moved runs dir."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from sqlalchemy import func, select
+
+from registry.database import session_scope
+from registry.db import LineageEdgeRow
+from registry.errors import ReproError
+from registry.lineage import lineage_tree, reachable
+from registry.queries import add_edges
+from registry.recipes import load_recipes
+from registry.sync import sync
+from tests.registry.graph_helpers import previous_lineage_tree, previous_reachable, record_run
+
+SFT_MIX = "dataset:allenai/tulu-3-sft-mixture@md5:aaaa"
+PREFS = "dataset:allenai/tulu-3-pref@md5:bbbb"
+
+
+def _shared_ancestor_graph(db_url):
+    """The recipes' graph plus a chain of runs in which ancestors are shared: the DPO run takes the
+    same SFT run as init and reference, the RM run shares its datasets, two RLVR runs share all."""
+    with session_scope(db_url) as s:
+        sync(s, load_recipes())
+        record_run(s, "sft-1", parents=[(SFT_MIX, "train", "h-mix", None)])
+        record_run(s, "sft-2", parents=[(SFT_MIX, "train", "h-mix", None)], minutes=1)
+        record_run(s, "dpo-1", stage="dpo", minutes=2, parents=[("run:sft-1", "init", "h1", None),
+                                                                ("run:sft-1", "reference", "h1", None),
+                                                                (PREFS, "train", "h-pref", None)])
+        record_run(s, "rm-1", stage="rm", minutes=3, parents=[("run:sft-2", "init", "h2", None),
+                                                              (PREFS, "train", "h-pref", None)])
+        for i in (1, 2):
+            record_run(s, f"rlvr-{i}", stage="rlvr", minutes=3 + i,
+                       parents=[("run:dpo-1", "init", "h3", None), ("run:rm-1", "reward_model", "h4", None),
+                                ("run:rm-1", "value_model", "h4", None), ("run:dpo-1", "reference", "h3", None)])
+        add_edges(s, [("run:rlvr-1", "checkpoint:run:rlvr-1", "output", "h5", None)])
+        nodes = set(s.scalars(select(LineageEdgeRow.parent))) | set(s.scalars(select(LineageEdgeRow.child)))
+    return sorted(nodes)
+
+
+def test_trees_and_reach_equal_the_previous_walk(db_url):
+    nodes = _shared_ancestor_graph(db_url)
+    with session_scope(db_url) as s:
+        for node in nodes:
+            for downstream in (False, True):
+                new = lineage_tree(s, node, downstream=downstream).to_json()
+                assert new == previous_lineage_tree(s, node, downstream=downstream).to_json(), (node, downstream)
+                assert set(reachable(s, node, downstream)) == previous_reachable(s, node, downstream), node
+        tree = lineage_tree(s, "run:rlvr-1").to_json()
+    # The shared SFT run appears expanded once; its later occurrences are marked repeated.
+    text = json.dumps(tree)
+    assert text.count('"node": "run:sft-1"') == 1 + text.count('"node": "run:sft-1", "repeated": true')
+    assert '"node": "run:dpo-1", "repeated": true' in text
+
+
+def test_cli_lineage_json_of_a_run(db_url, cli):
+    _shared_ancestor_graph(db_url)
+    code, out, err = cli("lineage", "rlvr-1", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["target"] == "run:rlvr-1" and "depth" not in doc  # unchanged document without --depth
+    with session_scope(db_url) as s:
+        assert doc["tree"] == previous_lineage_tree(s, "run:rlvr-1").to_json()
+    code, out, err = cli("lineage", "sft-1", "--downstream", "--json")
+    assert code == 0, err
+    assert {"run:dpo-1", "run:rlvr-1", "run:rlvr-2", "checkpoint:run:rlvr-1"} <= set(json.loads(out)["impacted"])
+
+
+def _chain(db_url, length: int) -> None:
+    with session_scope(db_url) as s:
+        sync(s, load_recipes())
+        for i in range(length):
+            parents = [(f"run:c{i - 1}", "init", f"h{i}", None)] if i else []
+            record_run(s, f"c{i}", minutes=i, parents=parents)
+
+
+def test_depth_is_unbounded_by_default(db_url, cli):
+    _chain(db_url, 30)  # deeper than the 12 levels the previous walk stopped at without a word
+    code, out, err = cli("lineage", "c29", "--json")
+    assert code == 0, err
+    text = out
+    assert all(f'"run:c{i}"' in text for i in range(30))
+    assert "truncated" not in text
+    with session_scope(db_url) as s:
+        old = json.dumps(previous_lineage_tree(s, "run:c29", max_depth=12).to_json())
+    assert '"run:c10"' not in old  # what the old default lost
+
+
+def test_depth_flag_cuts_and_says_where(db_url, cli):
+    _chain(db_url, 10)
+    code, out, err = cli("lineage", "c9", "--depth", "3", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["depth"] == 3 and doc["cut"] == ["run:c6"]
+    node = doc["tree"]
+    for expected in ("run:c8", "run:c7", "run:c6"):
+        node = next(c for c in node["children"] if c["node"].startswith("run:"))
+        assert node["node"] == expected
+    assert node.get("truncated") is True and "children" not in node
+    # At the cut, nodes with more above them are reported; a leaf (the code pin) is not.
+    code, out, _ = cli("lineage", "c2", "--depth", "1", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["cut"] == ["stage:tulu3-8b:sft", "run:c1"]
+    assert [c.get("truncated", False) for c in doc["tree"]["children"]] == [False, True, True]
+    code, out, err = cli("lineage", "c9", "--depth", "3")
+    assert code == 0 and "cut at depth 3 below 1 node(s): run:c6" in out
+    code, out, err = cli("lineage", "c9", "--depth", "0")
+    assert code == 2 and "--depth must be ≥ 1" in err and err.count("\n") == 1 and out == ""
+
+
+def test_cycles_are_refused_when_written(db_url):
+    with session_scope(db_url) as s:
+        add_edges(s, [("n:a", "n:b", "init", None, None), ("n:b", "n:c", "init", None, None)])
+    for edge in [("n:c", "n:a", "init", None, None), ("n:b", "n:b", "self", None, None)]:
+        with pytest.raises(ReproError, match="would close a cycle"):
+            with session_scope(db_url) as s:
+                add_edges(s, [("n:x", "n:y", "ok", None, None), edge])
+    with session_scope(db_url) as s:
+        assert s.scalar(select(func.count()).select_from(LineageEdgeRow)) == 2  # the batch was rolled back
+
+
+def test_walks_end_on_a_cycle_recorded_before_refusal(db_url):
+    with session_scope(db_url) as s:  # an old database may hold one: written around add_edges
+        s.add_all([LineageEdgeRow(parent=p, child=c, relation="init", origin="run")
+                   for p, c in (("n:a", "n:b"), ("n:b", "n:c"), ("n:c", "n:a"))])
+    with session_scope(db_url) as s:
+        for downstream in (False, True):
+            tree = lineage_tree(s, "n:a", downstream=downstream)
+            assert tree.to_json() == previous_lineage_tree(s, "n:a", downstream=downstream).to_json()
+            assert sorted(reachable(s, "n:a", downstream)) == ["n:b", "n:c"]
+
+
+def test_verify_survives_a_moved_runs_directory(db_url, cli, tmp_path, monkeypatch):
+    from registry.hashing import dvc_hash
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("REPRO_RUNS_DIR", str(runs))
+    ckpt = runs / "sft-1" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    digest = dvc_hash(ckpt)
+    with session_scope(db_url) as s:
+        sync(s, load_recipes())
+        record_run(s, "sft-1", run_dir=str(runs / "sft-1"))
+        add_edges(s, [("run:sft-1", "checkpoint:run:sft-1", "output", digest, str(ckpt))])
+        record_run(s, "dpo-1", stage="dpo", minutes=1, parents=[("run:sft-1", "init", digest, str(ckpt))])
+        note = json.loads(s.scalar(select(LineageEdgeRow.note).where(LineageEdgeRow.child == "run:dpo-1",
+                                                                     LineageEdgeRow.relation == "init")))
+    assert note["relpath"] == "sft-1/checkpoint" and note["base"] == "runs" and note["path"] == str(ckpt)
+
+    moved = tmp_path / "elsewhere" / "runs"
+    moved.parent.mkdir()
+    shutil.move(str(runs), str(moved))
+    monkeypatch.setenv("REPRO_RUNS_DIR", str(moved))
+    code, out, err = cli("lineage", "dpo-1", "--verify", "--json")
+    assert code == 0, err
+    checks = json.loads(out)["verify"]
+    assert checks and all(c["status"] == "ok" for c in checks)
+    assert {c["detail"] for c in checks} == {str(moved / "sft-1" / "checkpoint")}
+
+    (moved / "sft-1" / "checkpoint" / "model.safetensors").write_bytes(b"tampered")
+    code, out, err = cli("lineage", "dpo-1", "--verify", "--json")
+    assert code == 1 and {c["status"] for c in json.loads(out)["verify"]} == {"modified"}

@@ -1,0 +1,111 @@
+"""Per-step training values live in run_series (one row per run and metric); migration 0003 moves a
+database's old per-value rows there, losing nothing, and its downgrade puts them back."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+from sqlalchemy import insert, select, text
+
+from registry import database
+from registry.database import session_scope
+from registry.db import SCHEMA_REVISION, RunMetricRow, RunRow, RunSeriesRow
+from registry.queries import replace_run_series, run_metrics, run_series, step_series
+from tests.registry.graph_helpers import record_run
+
+OLD_REVISION = "0002_run_metric_lookup"
+
+
+def _alembic(engine, action: str, revision: str) -> None:
+    from alembic import command
+
+    cfg = database._alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        getattr(command, action)(cfg, revision)
+
+
+def _old_style_rows() -> list[dict]:
+    """What finish_run wrote before: one row per logged value per step, plus final/eval rows."""
+    when = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    rows = []
+    for run_id, steps in (("run-a", 6), ("run-b", 4)):
+        for step in range(steps):
+            rows.append({"run_id": run_id, "name": "loss", "value": 2.0 - step / 10, "step": step, "kind": "train"})
+            rows.append({"run_id": run_id, "name": "lr", "value": 1e-5 * step, "step": step, "kind": "train"})
+        rows.append({"run_id": run_id, "name": "train_loss_last", "value": 1.5, "step": None, "kind": "final"})
+    rows.append({"run_id": "run-a", "name": "loss", "value": 1.4, "step": 5, "kind": "train"})  # a step logged twice
+    rows.append({"run_id": "run-b", "name": "grad_norm", "value": float("inf"), "step": 3, "kind": "train"})  # JSON has no inf
+    rows.append({"run_id": "run-b", "name": "ifeval", "value": 0.41, "step": None, "kind": "eval",
+                 "protocol": {"harness": "repro"}})
+    rows.append({"run_id": "run-b", "name": "loss", "value": 9.0, "step": 2, "kind": "train",
+                 "protocol": {"note": "not a plain point"}})
+    return [{"protocol": None, "created_at": when, **r} for r in rows]
+
+
+def _points(rows) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r["run_id"], r["name"]), []).append((r["step"], r["value"]))
+    return out
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_upgrade_moves_old_rows_into_series_and_downgrade_restores_them(db_url, cli):
+    engine = database.get_engine(db_url)
+    with session_scope(db_url) as s:
+        record_run(s, "run-a")
+        record_run(s, "run-b", minutes=1)
+    _alembic(engine, "downgrade", OLD_REVISION)
+    old = _old_style_rows()
+    with engine.begin() as conn:
+        conn.execute(insert(RunMetricRow.__table__), old)
+    database._engine_for.cache_clear()
+
+    code, out, err = cli("db", "upgrade")
+    assert code == 0, err
+    assert f"{OLD_REVISION} -> {SCHEMA_REVISION}" in out
+    database._engine_for.cache_clear()
+    plain = [r for r in old if r["kind"] == "train" and r["step"] is not None and r["protocol"] is None]
+    kept = [r for r in old if r not in plain]
+    with session_scope(db_url) as s:
+        series = {(row.run_id, row.name): row for row in s.scalars(select(RunSeriesRow))}
+        assert set(series) == set(_points(plain))
+        for key, points in _points(plain).items():
+            got = run_series(s, key[0], [key[1]])[key[1]]
+            assert got[0] == [p[0] for p in points] and series[key].points == len(points)
+            assert all(_same(a, b) for a, b in zip(got[1], [p[1] for p in points]))
+        rows = list(s.scalars(select(RunMetricRow)))
+        assert sorted((r.run_id, r.name, r.kind) for r in rows) == sorted((r["run_id"], r["name"], r["kind"]) for r in kept)
+        assert [r.name for r in run_metrics(s, "run-b", kind="eval")] == ["ifeval"]
+        assert sum(r.points for r in series.values()) + len(rows) == len(old)
+
+    _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
+    with engine.connect() as conn:
+        back = [dict(r._mapping) for r in conn.execute(select(RunMetricRow.__table__).order_by(text("id")))]
+    assert len(back) == len(old)
+    restored = _points([r for r in back if r["kind"] == "train" and r["step"] is not None and r["protocol"] is None])
+    for key, points in _points(plain).items():
+        assert [p[0] for p in restored[key]] == [p[0] for p in points]
+        assert all(_same(a, b) for a, b in zip([p[1] for p in restored[key]], [p[1] for p in points]))
+
+
+def test_series_rows_replace_rather_than_duplicate(db_url):
+    steps = [{"step": 1, "loss": 2.5, "lr": 0.0}, {"step": 2, "loss": 2.25, "lr": 1e-5, "note": "text"},
+             {"step": 3, "loss": float("inf"), "ok": True}]
+    with session_scope(db_url) as s:
+        record_run(s, "run-a")
+        replace_run_series(s, "run-a", step_series(steps[:2]))
+        replace_run_series(s, "run-a", step_series(steps))  # a resumed run finishing again
+    with session_scope(db_url) as s:
+        got = run_series(s, "run-a")
+        assert set(got) == {"loss", "lr"}  # numbers only: no text, no booleans
+        assert got["loss"] == ([1, 2, 3], [2.5, 2.25, float("inf")]) and got["lr"] == ([1, 2], [0.0, 1e-5])
+        assert len(list(s.scalars(select(RunSeriesRow)))) == 2
+        s.delete(s.get(RunRow, "run-a"))
+    with session_scope(db_url) as s:
+        assert run_series(s, "run-a") == {}
