@@ -20,6 +20,12 @@ difference d = |run − reference|:
     deviates       d > T
     not comparable the protocols differ (fingerprints, shots, eval data) or no tolerance is known
 
+Against a published number (the published protocol, on the n actually evaluated) the verdicts are
+reproduced / within noise / deviates. Against `registry/smoke_references.json`, numbers the project's
+own earlier smoke runs produced, the same test is a regression check: "unchanged" (d ≤ T) or "changed"
+(d > T), never "reproduced". Either way a metric on fewer than MIN_ITEMS items is "too few items to
+judge": its tolerance is too wide to mean anything.
+
 Example: p = 0.5, n = 100 → SE = 5, g = 1, T = 11; d = 5.5 is reproduced, 11 within noise, 11.01 deviates.
 Metrics on a 0–1 scale (`scale=1`, e.g. TRL's rewards/accuracies) use the same formulas
 with 1 in place of 100.
@@ -38,7 +44,14 @@ from typing import Any, Iterable
 from registry.errors import ReproError
 
 REPRODUCED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE = "reproduced", "within noise", "deviates", "not comparable"
-VERDICTS = (REPRODUCED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE)
+# Against the project's own earlier smoke runs a comparison is a regression check, never a reproduction.
+UNCHANGED, CHANGED = "unchanged", "changed"
+TOO_FEW = "too few items to judge"
+VERDICTS = (REPRODUCED, WITHIN_NOISE, DEVIATES, UNCHANGED, CHANGED, TOO_FEW, NOT_COMPARABLE)
+FAILING = (DEVIATES, CHANGED)  # `repro compare` exits 1 on these
+# Below this many items a binomial tolerance is wider than any effect worth seeing (n = 7: ±14 points for
+# p = 0.5 at 2 SE + one item); such a metric is reported as too few to judge, not as a pass.
+MIN_ITEMS = 30
 
 SMOKE_REFERENCES = Path(__file__).resolve().parent.parent / "registry" / "smoke_references.json"
 
@@ -230,6 +243,61 @@ def compare_metric(name: str, value: float, protocol: dict[str, Any] | None, ref
         out.reason = "no tolerance: the benchmark size is unknown and none is stated"
         return out
     out.verdict = verdict(float(value), float(reference), out.tolerance)
+    if against == "reference":  # a regression check against our own earlier run
+        counted = out.tolerance_source == "binomial" and n is not None
+        if counted and int(n) < MIN_ITEMS:
+            out.verdict = TOO_FEW
+            out.reason = f"n = {n}: a ±{out.tolerance:.3g} tolerance cannot tell a change (needs n >= {MIN_ITEMS})"
+        else:
+            out.verdict = CHANGED if out.verdict == DEVIATES else UNCHANGED
+            out.reason = "regression check against the project's own earlier smoke run, not a published number"
+    return out
+
+
+# ---------------------------------------------------------------- published-suite metrics
+
+
+def published_se(reference: float, parts: list[dict[str, Any]], scale: float = 100.0) -> float:
+    """SE of the run's score if the true accuracy were the published one, from the n actually evaluated;
+    an averaged benchmark (ARC = mean of Easy and Challenge) combines its parts' SEs."""
+    p = min(max(reference / scale, 0.0), 1.0)
+    return scale * math.sqrt(sum(p * (1 - p) / part["n"] for part in parts)) / len(parts)
+
+
+def compare_published_suite(name: str, value: float, protocol: dict[str, Any], row: dict[str, Any],
+                            source: str | None) -> Comparison:
+    """A `--suite published` metric against the published number of the same benchmark.
+
+    Comparable when the published row's harness, shots, task and metric (those it states) equal the
+    protocol the run implements. The tolerance is T = 2·SE + g for the n evaluated (SE at the published
+    accuracy, g = one item); verdicts as `verdict()`; n < MIN_ITEMS is too few to judge. The reason names
+    every way the run departs from the published run (subset, split, few-shot pool, weights, dtype).
+    """
+    ref_protocol = row.get("protocol") or {}
+    claim = protocol.get("published") or {}
+    n = int(protocol.get("n") or 0)
+    out = Comparison(name=name, value=float(value), reference=float(row["value"]), against="published",
+                     verdict=NOT_COMPARABLE, source=source, difference=float(value) - float(row["value"]), n=n,
+                     run_fingerprint=protocol.get("fingerprint") or fingerprint(claim),
+                     reference_fingerprint=fingerprint(ref_protocol), protocol=protocol,
+                     reference_protocol=ref_protocol)
+    clashes = [f"{f}: {claim.get(f)!r} vs published {ref_protocol.get(f)!r}" for f in ("harness", "task", "shots",
+                                                                                        "metric")
+               if ref_protocol.get(f) is not None and _norm(claim.get(f)) != _norm(ref_protocol.get(f))]
+    if clashes:
+        out.reason = "protocols differ (" + "; ".join(clashes) + ")"
+        return out
+    parts = protocol.get("parts") or [{"n": n}]
+    se = published_se(float(row["value"]), parts)
+    g = 100.0 / n if n else float("inf")
+    out.standard_error, out.granularity, out.tolerance, out.tolerance_source = se, g, 2 * se + g, "binomial"
+    notes = list(protocol.get("deviations") or [])
+    if n < MIN_ITEMS:
+        out.verdict = TOO_FEW
+        out.reason = "; ".join([f"n = {n} (needs >= {MIN_ITEMS})"] + notes)
+        return out
+    out.verdict = verdict(float(value), float(row["value"]), out.tolerance)
+    out.reason = "; ".join([f"SE {se:.2f} at n = {n}"] + notes)
     return out
 
 
@@ -305,6 +373,13 @@ def compare_run(metrics: list[dict[str, Any]], *, published: list[dict[str, Any]
     unmatched: list[str] = []
     for m in metrics:
         protocol = m.get("protocol") or {}
+        if protocol.get("suite") == "published":  # the published protocol itself, on real data
+            rows = by_benchmark.get(m["name"], [])
+            if rows:
+                results.append(compare_published_suite(m["name"], m["value"], protocol, rows[0], published_source))
+            else:
+                unmatched.append(m["name"])
+            continue
         use_published = prefer_published or "published" in protocol
         candidates = by_benchmark.get(m["name"], []) if use_published else []
         ref = references.get(m["name"]) if not use_published else None
@@ -335,7 +410,8 @@ def summary(comparisons: list[Comparison]) -> dict[str, int]:
 # ---------------------------------------------------------------- scorecard
 
 
-VERDICT_COLORS = {REPRODUCED: "#2a9d4b", WITHIN_NOISE: "#e0a100", DEVIATES: "#d62828", NOT_COMPARABLE: "#8a8a8a"}
+VERDICT_COLORS = {REPRODUCED: "#2a9d4b", WITHIN_NOISE: "#e0a100", DEVIATES: "#d62828", NOT_COMPARABLE: "#8a8a8a",
+                  UNCHANGED: "#2a9d4b", CHANGED: "#d62828", TOO_FEW: "#8a8a8a"}
 
 
 def scorecard_png(comparisons: list[Comparison], path: str | Path, title: str) -> Path:
@@ -374,7 +450,8 @@ def scorecard_png(comparisons: list[Comparison], path: str | Path, title: str) -
 
 
 __all__ = [
-    "REPRODUCED", "WITHIN_NOISE", "DEVIATES", "NOT_COMPARABLE", "VERDICTS", "BENCHMARK_SIZES", "FINGERPRINT_FIELDS",
+    "REPRODUCED", "WITHIN_NOISE", "DEVIATES", "NOT_COMPARABLE", "UNCHANGED", "CHANGED", "TOO_FEW", "FAILING",
+    "MIN_ITEMS", "VERDICTS", "compare_published_suite", "published_se", "BENCHMARK_SIZES", "FINGERPRINT_FIELDS",
     "binomial_se", "granularity", "noise_tolerance", "verdict", "normalized_protocol", "fingerprint",
     "claimed_protocol", "protocol_differences", "comparability", "Comparison", "compare_metric",
     "load_smoke_references", "reference_entry", "smoke_references_path", "published_checkpoint", "compare_run",

