@@ -117,12 +117,14 @@ def test_compare_metric_binomial_verdicts():
 
 def test_stated_tolerance_and_data_hash():
     p = {"harness": "repro", "task": "heldout", "metric": "nll", "settings": "s", "data_sha256": "a" * 64}
+    # Against our own smoke reference: a regression check, unchanged within the tolerance, changed beyond.
     c = C.compare_metric("heldout loss", 2.1, p, 2.0, p, against="reference", stated_tolerance=0.2)
-    assert (c.verdict, c.tolerance, c.tolerance_source) == (C.REPRODUCED, 0.2, "stated")
+    assert (c.verdict, c.tolerance, c.tolerance_source) == (C.UNCHANGED, 0.2, "stated")
+    assert "regression check" in c.reason
     assert C.compare_metric("heldout loss", 2.15, p, 2.0, p, against="reference",
-                            stated_tolerance=0.2).verdict == C.WITHIN_NOISE
+                            stated_tolerance=0.2).verdict == C.UNCHANGED
     assert C.compare_metric("heldout loss", 2.3, p, 2.0, p, against="reference",
-                            stated_tolerance=0.2).verdict == C.DEVIATES
+                            stated_tolerance=0.2).verdict == C.CHANGED
     other = {**p, "data_sha256": "b" * 64}
     c = C.compare_metric("heldout loss", 2.0, p, 2.0, other, against="reference", stated_tolerance=0.2)
     assert c.verdict == C.NOT_COMPARABLE and "different data" in c.reason
@@ -143,10 +145,10 @@ def test_compare_run_routes_and_lists_unmatched():
     by = {r.name: r for r in results}
     assert by["GSM8K"].reference == 87.6 and by["GSM8K"].verdict == C.REPRODUCED  # picked the 8B-protocol row
     assert by["GSM8K"].n == 1319
-    # MATH vs reference 50 at n = 100: T = 11, d = 10 -> within noise
-    assert by["MATH"].against == "reference" and by["MATH"].verdict == C.WITHIN_NOISE
+    # MATH vs our own smoke reference 50 at n = 100: T = 11, d = 10 -> a regression check, unchanged
+    assert by["MATH"].against == "reference" and by["MATH"].verdict == C.UNCHANGED
     assert unmatched == ["heldout loss"]
-    assert C.summary(results) == {C.REPRODUCED: 1, C.WITHIN_NOISE: 1, C.DEVIATES: 0, C.NOT_COMPARABLE: 0}
+    assert C.summary(results) == {**{v: 0 for v in C.VERDICTS}, C.REPRODUCED: 1, C.UNCHANGED: 1}
 
 
 def test_smoke_references_file_and_loader(tmp_path, monkeypatch):
@@ -181,3 +183,45 @@ def test_scorecard_png(tmp_path):
             C.compare_metric("X", 1.0, {"task": "a"}, 1.0, {"task": "b"}, against="reference", n=100)]
     out = C.scorecard_png(rows, tmp_path / "sc" / "card.png", "test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_smoke_reference_on_few_items_is_too_few_to_judge():
+    p = {"harness": "repro", "task": "math", "shots": 0, "settings": "x"}
+    c = C.compare_metric("MATH", 0.0, p, 0.0, p, against="reference", n=7)
+    assert c.verdict == C.TOO_FEW and "n = 7" in c.reason
+    assert C.compare_metric("MATH", 0.0, p, 0.0, p, against="reference", n=C.MIN_ITEMS).verdict == C.UNCHANGED
+
+
+PIQA_CARD = {"harness": "lighteval", "task": "custom|piqa|0|1", "shots": 0,
+             "metric": "loglikelihood_acc_norm_nospace", "settings": "zero-shot"}
+
+
+def _suite_protocol(n, deviations=(), **published):
+    return {"suite": "published", "n": n, "parts": [{"n": n}], "deviations": list(deviations),
+            "published": {"harness": "lighteval", "task": "custom|piqa|0|1", "shots": 0,
+                          "metric": "loglikelihood_acc_norm_nospace", **published}}
+
+
+def test_published_suite_verdict_uses_the_se_of_the_n_evaluated():
+    row = {"benchmark": "PIQA", "value": 66.3, "protocol": PIQA_CARD}
+    # p = 0.663, n = 400: SE = 100·sqrt(.663·.337/400) = 2.363; T = 2·SE + 100/400 = 4.977
+    c = C.compare_published_suite("PIQA", 68.0, _suite_protocol(400, ["subset: 400 of 1838 items"]), row, "card")
+    assert math.isclose(c.standard_error, 2.3634, abs_tol=1e-3) and math.isclose(c.tolerance, 4.977, abs_tol=1e-3)
+    assert c.verdict == C.REPRODUCED and "subset: 400 of 1838" in c.reason and "n = 400" in c.reason
+    assert C.compare_published_suite("PIQA", 70.0, _suite_protocol(400), row, "card").verdict == C.WITHIN_NOISE
+    assert C.compare_published_suite("PIQA", 72.0, _suite_protocol(400), row, "card").verdict == C.DEVIATES
+    # The same 5.7-point gap on the full benchmark is far outside its SE.
+    assert C.compare_published_suite("PIQA", 72.0, _suite_protocol(1838), row, "card").verdict == C.DEVIATES
+    assert C.compare_published_suite("PIQA", 66.3, _suite_protocol(12), row, "card").verdict == C.TOO_FEW
+
+
+def test_published_suite_needs_the_published_protocol():
+    row = {"benchmark": "PIQA", "value": 66.3, "protocol": PIQA_CARD}
+    c = C.compare_published_suite("PIQA", 66.3, _suite_protocol(400, shots=5), row, "card")
+    assert c.verdict == C.NOT_COMPARABLE and "shots" in c.reason
+
+
+def test_averaged_benchmark_combines_its_parts():
+    # ARC = (Easy + Challenge) / 2: SE = sqrt(SE_e² + SE_c²) / 2
+    se = C.published_se(37.3, [{"n": 100}, {"n": 100}])
+    assert math.isclose(se, 100 * math.sqrt(2 * 0.373 * 0.627 / 100) / 2)
