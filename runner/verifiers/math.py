@@ -15,50 +15,38 @@ release-2024-11 (open-instruct 3dd7a07da ``verify_math_sample``), candidates in 
   A candidate matches if Hendrycks ``strip_string`` equality holds (on any exception in
   strip_string: raw equality) or ``simplify(parse(a) - parse(b)) == 0``.
 
-  Deviation (documented, tested): release parsed with sympy 1.12's ANTLR ``parse_latex``
-  under a SIGALRM. We never call sympy's ``parse_latex``/``sympify``/``parse_expr`` on model
-  text: parsing uses ``latex2sympy2_extended`` (it builds sympy objects from the parse
-  tree; its two ``sympy.Number(str)`` calls on lexer tokens are replaced by int()/Float()
-  constructors in the worker) in a separate worker *process* with a soft SIGALRM on the
-  worker's main thread, a hard kill from the caller and an address-space rlimit, so it is
-  thread-safe and bounded. Known parser differences vs sympy parse_latex: sympy ignored
-  trailing junk (``x/`` -> x, ``2\\sqrt`` -> 2); latex2sympy rejects these, so
-  ``\\boxed{x/}`` vs ``x/ `` scores 0 here (1 in release). ``1,2`` is a set here (1 in
-  sympy); ``2\\frac{1}{2}`` is 5/2 here (1 in sympy). ``100,000`` -> 100000 in both.
-  sympy>=1.13 no longer has ``Float(0.0) == 0``; a numeric zero is accepted explicitly.
-  Caps: candidates or ground truths longer than ``MAX_SYMPY_CHARS`` skip the symbolic
-  check (release would mostly time out on them); string checks are exact at any size.
-  Regex steps of ``normalize_final_answer`` that backtrack quadratically on adversarial
-  input are replaced by linear scans with identical results.
+  The symbolic check runs the release's own parser, sympy 1.12's ANTLR ``parse_latex`` with
+  antlr4 4.11, in a worker process with its own site directory (math_sympy.py), so sympy's
+  leniency is reproduced (``x/`` -> x, ``2\\sqrt`` -> 2, ``\\text{(A)}`` -> A*text).
+  Deviations (docs/semantics.md, with their measured replay difference):
+  * one time limit (5 s) for the whole answer, not 5 s per comparison, enforced by a kill;
+  * candidates or ground truths longer than ``MAX_SYMPY_CHARS`` skip the symbolic check
+    (release would mostly time out on them); string checks are exact at any size;
+  * regex steps of ``normalize_final_answer`` that backtrack quadratically on adversarial
+    input are replaced by linear scans with identical results.
 
 corrected (differences from release):
   * last ``\\boxed{}``/``\\fbox{}``/``\\boxed x`` by position (``\\fbox`` works; a space form
-    does not override a later braced box); boxed content is normalised;
+    does not override a later braced box); boxed content is tried raw and normalised;
+  * the Minerva answer is tried raw too, and the normaliser (``normalize_corrected``) drops
+    unit words only where they stand alone and commas only from thousands groups;
   * the last *non-empty* math span (``$$..$$``, ``$..$``, ``\\[..\\]``, ``\\(..\\)``) is used;
+    an escaped ``\\$`` is content, not a delimiter;
   * ``Answer: X`` / ``answer is X`` on the last such line is a candidate;
-  * equivalence = non-raising strip_string equality (raw and normalised) or
-    math_verify ``verify`` on latex2sympy parses (with latex normalisation);
+  * equivalence = non-raising strip_string equality (raw and normalised) or math_verify
+    ``verify`` on latex2sympy parses of gold and answer, both through math-verify's own
+    LaTeX normaliser (``\\frac32``, ``2\\sqrt2`` parse);
   * the corrected scans only look at the last ``CORRECTED_WINDOW`` characters.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import os
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
-from collections import OrderedDict
-from pathlib import Path
+
+from .math_sympy import MAX_SYMPY_CHARS, TIME_LIMIT_S, Budget, sympy_equal  # noqa: F401 (re-exported)
 
 MARKER = "<|assistant|>\n"
 INVALID = "[invalidanswer]"
-SYMPY_TIMEOUT_S = float(os.environ.get("REPRO_MATH_SYMPY_TIMEOUT_S", "5"))
-MAX_SYMPY_CHARS = 1000
 CORRECTED_WINDOW = 1_000_000
 
 # --------------------------------------------------------------------------------------
@@ -143,6 +131,35 @@ def normalize_final_answer(final_answer: str) -> str:
     final_answer = _SQRT_SHORT.sub("sqrt{\\2}", final_answer)
     final_answer = final_answer.replace("$", "")
     if final_answer.replace(",", "").isdigit():
+        final_answer = final_answer.replace(",", "")
+    return final_answer
+
+
+_THOUSANDS = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+")
+_REMOVED_WORDS = [r for r in _REMOVED if r.isalpha()]
+_REMOVED_OTHER = [r for r in _REMOVED if not r.isalpha()]
+_WORD_RE = re.compile(r"(?<![A-Za-z\\])(?:" + "|".join(sorted(_REMOVED_WORDS, key=len, reverse=True)) + r")(?![A-Za-z])")
+
+
+def normalize_corrected(final_answer: str) -> str:
+    """`normalize_final_answer` without its two text-mangling steps: unit words go only where they stand
+    alone (not the "ft" of ``\\infty`` or the "sue" of "issue"), and commas only out of well-formed
+    thousands groups (``100,000`` -> ``100000`` but ``3,2,1`` stays a list)."""
+    final_answer = final_answer.split("=")[-1]
+    # before the spaces go, so that a word's bounds are still visible ("x mph" loses "mph", "\\infty" keeps "ft")
+    final_answer = _WORD_RE.sub("", final_answer)
+    for before, after in _SUBSTITUTIONS:
+        final_answer = final_answer.replace(before, after)
+    for expr in _REMOVED_OTHER:
+        final_answer = final_answer.replace(expr, "")
+    final_answer = _sub_first_dollar_pair(final_answer)
+    for open_ in ("\\text{", "\\textbf{", "\\overline{"):
+        final_answer = _sub_delimited(final_answer, open_, "}")
+    final_answer = _sub_boxed_greedy(final_answer)
+    final_answer = _FRAC_SHORT.sub("frac{\\2}{\\3}", final_answer)
+    final_answer = _SQRT_SHORT.sub("sqrt{\\2}", final_answer)
+    final_answer = final_answer.replace("$", "")
+    if _THOUSANDS.fullmatch(final_answer):
         final_answer = final_answer.replace(",", "")
     return final_answer
 
@@ -315,7 +332,8 @@ def release_candidates(text: str) -> list[str]:
 
 
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)")
-_SPAN_DELIMS = re.compile(r"\$\$|\$|\\\[|\\\]|\\\(|\\\)")
+# An escaped dollar (\$, a currency sign) is content, never a delimiter.
+_SPAN_DELIMS = re.compile(r"(?<!\\)\$\$|(?<!\\)\$|\\\[|\\\]|\\\(|\\\)")
 _ANSWER_CUE = re.compile(r"(?i)\banswer(?: is|:)")
 _CLOSERS = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 
@@ -370,10 +388,10 @@ def corrected_candidates(text: str) -> list[str]:
     cands: list[str] = []
     boxed = _corrected_boxed(text)
     if boxed is not None:
-        cands += [boxed, normalize_final_answer(boxed)]
+        cands += [boxed, normalize_corrected(boxed)]
     minerva = minerva_unnormalized(text)
     if minerva != INVALID:
-        cands.append(normalize_final_answer(minerva))
+        cands += [minerva.strip("$ "), normalize_corrected(minerva)]
     if not cands:
         last = None
         for last in _ANSWER_CUE.finditer(text):
@@ -381,235 +399,14 @@ def corrected_candidates(text: str) -> list[str]:
         if last is not None:
             ans = text[last.end():last.end() + 200].split("\n")[0].strip(" \t:").rstrip(".")
             if ans:
-                cands += [ans, normalize_final_answer(ans)]
+                cands += [ans, normalize_corrected(ans)]
     if not cands:
         span = _last_math_span(text)
         if span is not None:
-            cands += [span, normalize_final_answer(span)]
+            cands += [span, normalize_corrected(span)]
     if not cands:
-        cands.append(normalize_final_answer(text))
+        cands.append(normalize_corrected(text))
     return [c for c in dict.fromkeys(cands)]
-
-
-# --------------------------------------------------------------------------------------
-# Symbolic equivalence in a worker process (never eval, bounded time and memory)
-# --------------------------------------------------------------------------------------
-_PKG_ROOT = str(Path(__file__).resolve().parents[2])
-_BOOT = "from runner.verifiers.math import _worker_main; _worker_main()"
-
-
-class _Worker:
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        # cwd=_PKG_ROOT so this package's math.py can never shadow the stdlib module.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, cwd=_PKG_ROOT, env=env, bufsize=0)
-        self.buf = b""
-
-    def call(self, payload: bytes, deadline: float) -> dict | None:
-        try:
-            self.proc.stdin.write(payload)
-            self.proc.stdin.flush()
-        except OSError:
-            return None
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:  # worker died (e.g. GMP abort under the rlimit)
-                return None
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        except Exception:
-            pass
-
-
-class _Pool:
-    """Thread-safe pool of worker processes; a timed-out or dead worker is discarded."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self.idle: list[_Worker] = []
-        self.live = 0
-        self.cond = threading.Condition()
-        self.stats = {"calls": 0, "timeouts": 0, "restarts": 0}
-
-    def _acquire(self) -> _Worker:
-        with self.cond:
-            while not self.idle and self.live >= self.size:
-                self.cond.wait()
-            if self.idle:
-                return self.idle.pop()
-            self.live += 1
-        try:
-            return _Worker()
-        except Exception:
-            with self.cond:
-                self.live -= 1
-                self.cond.notify()
-            raise
-
-    def _release(self, worker: _Worker | None) -> None:
-        with self.cond:
-            if worker is None:
-                self.live -= 1
-            else:
-                self.idle.append(worker)
-            self.cond.notify()
-
-    def equal(self, mode: str, a: str, b: str, timeout: float) -> bool | None:
-        payload = (json.dumps({"mode": mode, "a": a, "b": b, "soft": timeout}) + "\n").encode()
-        worker = self._acquire()
-        # hard deadline: soft limit + grace for worker start-up (imports) and IPC
-        reply = worker.call(payload, time.monotonic() + timeout + 10.0)
-        with self.cond:
-            self.stats["calls"] += 1
-        if reply is None:
-            worker.kill()
-            with self.cond:
-                self.stats["restarts"] += 1
-            self._release(None)
-            return None
-        self._release(worker)
-        if reply.get("err") == "timeout":
-            with self.cond:
-                self.stats["timeouts"] += 1
-        return bool(reply.get("equal"))
-
-    def close(self) -> None:
-        with self.cond:
-            workers, self.idle = self.idle, []
-            self.live -= len(workers)
-        for w in workers:
-            w.kill()
-
-
-_POOL = _Pool(int(os.environ.get("REPRO_MATH_SYMPY_WORKERS", "2")))
-atexit.register(_POOL.close)
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-
-
-def sympy_equal(mode: str, a: str, b: str, timeout: float | None = None) -> bool:
-    """Symbolic equivalence of two LaTeX strings ('release' or 'corrected' semantics)."""
-    if len(a) > MAX_SYMPY_CHARS or len(b) > MAX_SYMPY_CHARS or not a.strip() or not b.strip():
-        return False
-    key = (mode, a, b)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    result = _POOL.equal(mode, a, b, SYMPY_TIMEOUT_S if timeout is None else timeout)
-    if result is None:  # hard timeout / crash: not cached, scored as "not equivalent"
-        return False
-    with _CACHE_LOCK:
-        _CACHE[key] = result
-        if len(_CACHE) > 4096:
-            _CACHE.popitem(last=False)
-    return result
-
-
-# ----------------------------- worker-process side -------------------------------------
-_INT_TOKEN = re.compile(r"[-+]?[0-9]+")
-_FLOAT_TOKEN = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-
-
-def safe_number(text: str):
-    """sympy number from a lexer NUMBER token without sympify (which would eval)."""
-    import sympy
-
-    t = text.replace(",", "").replace(" ", "")
-    if _INT_TOKEN.fullmatch(t):
-        return sympy.Integer(int(t))  # int() of >4300 digits raises: parse failure
-    if _FLOAT_TOKEN.fullmatch(t) and len(t) <= 4300:
-        return sympy.Float(t)  # mpmath string parsing, no eval
-    raise ValueError(f"not a plain number: {text[:40]!r}")
-
-
-def _patch_latex2sympy() -> None:
-    from latex2sympy2_extended import latex2sympy2 as l2s
-
-    def convert_number(number: str):
-        if "," in number and number.startswith("0"):
-            number = number.replace(",", ".")
-        return safe_number(number)
-
-    l2s.convert_number = convert_number
-    l2s._Latex2Sympy.parse_number = lambda self, text: safe_number(text)
-
-
-def _equal_release(a: str, b: str) -> bool:
-    import sympy
-    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
-
-    cc = ConversionConfig(interpret_as_mixed_fractions=False, lowercase_symbols=False)
-    try:
-        pa = latex2sympy(a, normalization_config=None, conversion_config=cc)
-        pb = latex2sympy(b, normalization_config=None, conversion_config=cc)
-        r = sympy.simplify(pa - pb)
-    except Exception:
-        return False
-    return bool(r == 0 or (isinstance(r, sympy.Number) and r.is_zero))
-
-
-def _equal_corrected(gold: str, pred: str) -> bool:
-    from latex2sympy2_extended.latex2sympy2 import latex2sympy
-    from math_verify.grader import verify
-
-    try:
-        pg, pp = latex2sympy(gold), latex2sympy(pred)
-    except Exception:
-        return False
-    return bool(verify(pg, pp, timeout_seconds=None))
-
-
-class _SoftTimeout(BaseException):
-    """BaseException so that sympy's broad ``except Exception`` blocks cannot swallow it."""
-
-
-def _worker_main() -> None:  # pragma: no cover - runs in the child process
-    import resource
-    import signal
-
-    out = os.fdopen(os.dup(1), "wb", buffering=0)  # private protocol channel
-    os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
-    sys.stdout = sys.stderr
-    limit = int(os.environ.get("REPRO_MATH_SYMPY_MEM_MB", "3072")) << 20
-    try:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (ValueError, OSError):
-        pass
-    _patch_latex2sympy()
-
-    def on_alarm(signum, frame):
-        raise _SoftTimeout()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    for line in sys.stdin.buffer:
-        req = json.loads(line)
-        fn = _equal_release if req["mode"] == "release" else _equal_corrected
-        equal, err = False, None
-        try:
-            try:
-                signal.setitimer(signal.ITIMER_REAL, max(0.01, float(req["soft"])))
-                equal = fn(req["a"], req["b"])
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except _SoftTimeout:
-            err = "timeout"
-        except (Exception, RecursionError, MemoryError) as e:
-            err = type(e).__name__
-        out.write((json.dumps({"equal": bool(equal), "err": err}) + "\n").encode())
 
 
 # --------------------------------------------------------------------------------------
@@ -620,22 +417,24 @@ def _response_text(response: str) -> str:
 def score_release(response: str, ground_truth: str, raise_errors: bool = False) -> float:  # noqa: ARG001
     # verify_math_sample never raised: every parse/compare failure was already caught upstream.
     gt = str(ground_truth)
+    budget = Budget()  # one time limit for the whole answer (see math_sympy)
     for cand in release_candidates(_response_text(response)):
-        # OR of the two checks; the cheap string check goes first (same result).
-        if hendrycks_is_equiv(cand, gt) or sympy_equal("release", cand, gt):
+        # OR of the two checks; the cheap string check goes first (same result, less of the budget).
+        if hendrycks_is_equiv(cand, gt) or sympy_equal("release", cand, gt, budget):
             return 1.0
     return 0.0
 
 
 def score_corrected(response: str, ground_truth: str) -> float:
     gt = str(ground_truth).strip()
-    gt_forms = {_safe_strip(gt), _safe_strip(normalize_final_answer(gt))}
+    gt_forms = {_safe_strip(gt), _safe_strip(normalize_corrected(gt))}
     cands = corrected_candidates(_response_text(response))
     for cand in cands:
         if cand == gt or _safe_strip(cand) in gt_forms:
             return 1.0
+    budget = Budget()
     for cand in cands:
-        if sympy_equal("corrected", gt, cand):
+        if sympy_equal("corrected", gt, cand, budget):
             return 1.0
     return 0.0
 

@@ -5,7 +5,9 @@ import time
 
 import pytest
 
+from runner.verifiers import _sympy_child as CHILD
 from runner.verifiers import math as M
+from runner.verifiers import math_sympy as MS
 from runner.verifiers import score, validate_ground_truth
 
 R, C = "release-2024-11", "corrected"
@@ -29,7 +31,7 @@ MATH = [
     (r"so \boxed 7$ done", "7", 1, 1),
     (r"\boxed{3} then \boxed{4}", "4", 1, 1),            # last box
     (r"\boxed{3} then \boxed{4}", "3", 0, 0),
-    (r"\boxed{\boxed{4}}", r"\boxed{4}", 1, 1),
+    (r"\boxed{\boxed{4}}", r"\boxed{4}", 0, 1),          # release: candidate 4; sympy 1.12 reads \boxed{4} as boxed*4
     (r"\boxed{{4}", "4", 0, 0),                          # unbalanced: no boxed candidate
     ("Final Answer: The final answer is $5$. I hope it is correct.", "5", 1, 1),
     ("Final Answer: The final answer is 12 inches. I hope it is correct.", "12", 1, 1),
@@ -50,8 +52,9 @@ MATH = [
     (r"\boxed{a/2}", "a/2", 1, 1),                       # strip_string raises -> raw equality
     (r"\boxed{a/2}", r"\frac{a}{2}", 1, 1),              # symbolic
     (r"\boxed{\sqrt}", r"\sqrt", 1, 1),                  # strip_string raises -> raw equality
-    (r"\boxed{x/}", "x/ ", 0, 1),                        # DEVIATION: sympy parse_latex gave 1
-    (r"\boxed{2\sqrt}", "2", 0, 0),                      # DEVIATION: sympy parse_latex gave 1
+    (r"\boxed{x/}", "x/ ", 1, 1),                        # sympy 1.12 parse_latex reads x/ as x
+    (r"\boxed{2\sqrt}", "2", 1, 0),                      # ... and 2\sqrt as 2
+    (r"\boxed{\text{(A)}}", "A", 0, 1),                   # ... and \text{(A)} as A*text (math-verify: A)
     (r"\boxed{\pi}", r"\pi", 1, 1),
     (r"\boxed{x^2+2x+1}", "(x+1)^2", 1, 1),
     (r"\boxed{6}", "7", 0, 0),
@@ -60,6 +63,35 @@ MATH = [
     ("prompt \\boxed{9}<|assistant|>\nmy answer \\boxed{8}", "9", 0, 0),
     (r"The answer is \(\frac{3}{4}\).", r"\frac{3}{4}", 0, 1),
 ]
+
+
+# Corrected-verifier fixes (issue 14 item 9); the release keeps its verdicts.
+CORRECTED_FIXES = [
+    (r"So we get $\$15.00$.", "15", 1, 1),              # \$ is a currency sign, not a delimiter
+    (r"So we get $\$15.00$", "15", 1, 1),
+    (r"cost $\$5$ and then $\$7$", "7", 1, 1),
+    (r"\boxed{1.5}", r"\frac32", 1, 1),                 # gold through math-verify's normaliser
+    (r"\boxed{\sqrt{8}}", r"2\sqrt2", 0, 1),
+    (r"\boxed{\frac{3}{2}}", r"\frac32", 1, 1),        # release: strip_string mends \frac32
+    ("Final Answer: The final answer is 3,2,1. I hope it is correct.", "321", 1, 0),   # a list, not 321
+    ("Final Answer: The final answer is 3,2,1. I hope it is correct.", "3,2,1", 0, 1),
+    ("Final Answer: The final answer is 100,000. I hope it is correct.", "100000", 1, 1),
+    (r"Final Answer: The final answer is $+\infty$. I hope it is correct.", r"+\infty", 0, 1),  # kept its "ft"
+    (r"Final Answer: The final answer is $+\infty$. I hope it is correct.", r"\infty", 0, 1),
+    ("Final Answer: The final answer is 12 inches. I hope it is correct.", "12", 1, 1),
+]
+
+
+@pytest.mark.parametrize("response,gt,rel,cor", CORRECTED_FIXES)
+def test_corrected_fixes(response, gt, rel, cor):
+    assert score("math", response, gt, R) == rel
+    assert score("math", response, gt, C) == cor
+
+
+@pytest.mark.parametrize("raw,expected", [("3,2,1", "3,2,1"), ("100,000", "100000"), (r"+\infty", r"+\infty"),
+                                          ("12 inches", "12"), ("x mph", "x"), ("issue", "issue")])
+def test_normalize_corrected(raw, expected):
+    assert M.normalize_corrected(raw) == expected
 
 
 @pytest.mark.parametrize("response,gt,rel,cor", MATH)
@@ -138,19 +170,23 @@ def test_hendrycks_is_equiv(a, b, expected):
 
 @pytest.mark.parametrize("token,expected", [("12", 12), ("007", 7), ("1,000", 1000), ("2.5", 2.5), ("1e3", 1000.0)])
 def test_safe_number_never_sympifies(token, expected):
-    assert float(M.safe_number(token)) == expected
+    assert float(CHILD.safe_number(token)) == expected
 
 
 @pytest.mark.parametrize("token", ["__import__('os')", "1+1", "x"])
 def test_safe_number_rejects_non_numbers(token):
     with pytest.raises(ValueError):
-        M.safe_number(token)
+        CHILD.safe_number(token)
+
+
+def test_release_worker_runs_sympy_1_12():
+    assert MS.worker_sympy_version("release") == "1.12"
 
 
 def test_sympy_equal_modes():
     assert M.sympy_equal("release", r"\frac{2}{4}", "0.5") is True
     assert M.sympy_equal("corrected", r"\frac{1}{2}", r"\frac{2}{4}") is True
-    assert M.sympy_equal("release", "x/", "x") is False       # DEVIATION (sympy: True)
+    assert M.sympy_equal("release", "x/", "x") is True        # sympy 1.12's lenient parser
     assert M.sympy_equal("release", "a" * (M.MAX_SYMPY_CHARS + 1), "a") is False
     assert M.sympy_equal("release", "", "0") is False
 
@@ -165,11 +201,21 @@ def test_injection_text_is_not_evaluated(tmp_path):
 
 
 def test_sympy_timeout_is_bounded(monkeypatch):
-    monkeypatch.setattr(M, "SYMPY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(MS, "TIME_LIMIT_S", 1.0)
     t0 = time.perf_counter()
     assert score("math", r"\boxed{10^{10^{10}}+1}", "5", R) == 0.0
     assert time.perf_counter() - t0 < 8.0
     assert score("math", r"\boxed{4}", "4", R) == 1.0  # worker still usable
+
+
+@pytest.mark.parametrize("version", [R, C])
+def test_time_limit_bounds_the_whole_answer(version):
+    # issue 10: two candidates (boxed, raw and normalised) each ran 5 s before: 10.2 s in all
+    for w in MS.POOLS.values():  # warm workers: start-up is not part of the limit
+        w.release(w.acquire())
+    t0 = time.perf_counter()
+    assert score("math", r"\boxed{\int_0^1 x^{10^{8}} dx}", "1", version) == 0.0
+    assert time.perf_counter() - t0 < MS.TIME_LIMIT_S + MS.KILL_GRACE_S + 1.0
 
 
 def test_thread_safe_from_worker_threads():
