@@ -107,14 +107,33 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     before = _connectable_revision(engine)
     if before is not None and before not in KNOWN_REVISIONS:
         raise _newer_schema(engine, before)
-    cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Two processes upgrading at once would both try CREATE TABLE.
-            conn.execute(text("SELECT pg_advisory_xact_lock(7311)"))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    run_migrations(engine, command.upgrade, "head")
     return before, SCHEMA_REVISION
+
+
+def run_migrations(engine: Engine, action, revision: str) -> None:  # noqa: ANN001
+    """alembic `action` (command.upgrade / command.downgrade) to `revision` in one transaction."""
+    cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations rebuild a table by copy, drop and rename; with foreign keys on, dropping
+            # `runs` would cascade-delete every run's metrics and series. The pragma must be set outside
+            # a transaction (inside one SQLite ignores it), hence on the driver connection, before BEGIN.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    # Two processes upgrading at once would both try CREATE TABLE.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7311)"))
+                cfg.attributes["connection"] = conn
+                action(cfg, revision)
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise ReproError(f"migrating {safe_url(str(engine.url))} to {revision} broke a foreign key; "
+                                     "nothing was changed")
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 def _connectable_revision(engine: Engine) -> str | None:

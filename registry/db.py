@@ -6,11 +6,14 @@ a test checks that these models and the migrations agree.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
+                        event, select)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 # Named constraints so that SQLite batch migrations can alter them later.
 NAMING_CONVENTION = {
@@ -120,6 +123,21 @@ class PublishedMetricRow(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+def document_digest(body: Any) -> str:
+    """The key of a run document: sha256 of its canonical JSON."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RunDocumentRow(Base):
+    """A run's plan or deviation list, stored once per distinct content (~6 KB of JSON per run
+    otherwise): every smoke run of one recipe stage with the same settings shares one row."""
+
+    __tablename__ = "run_documents"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[Any] = mapped_column(JSON)
+
+
 class RunRow(Base):
     __tablename__ = "runs"
     # `repro runs` pages newest first (optionally within a recipe) and the stale-run sweep looks for
@@ -140,10 +158,82 @@ class RunRow(Base):
     hostname: Mapped[str | None] = mapped_column(String(256))
     git_sha: Mapped[str | None] = mapped_column(String(64))
     git_dirty: Mapped[bool | None] = mapped_column(Boolean)
-    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    deviations: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    plan_digest: Mapped[str] = mapped_column(ForeignKey("run_documents.digest"))
+    deviations_digest: Mapped[str] = mapped_column(ForeignKey("run_documents.digest"))
     final_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # Loaded with the run, so `run.plan` works after its session has closed.
+    plan_document: Mapped[RunDocumentRow] = relationship(foreign_keys=[plan_digest], lazy="joined", viewonly=True)
+    deviations_document: Mapped[RunDocumentRow] = relationship(foreign_keys=[deviations_digest], lazy="joined",
+                                                               viewonly=True)
+
+    # `run.plan` and `run.deviations` read and write as before (RunRow(plan=...) included); the JSON
+    # goes to run_documents under its digest when the session flushes (see _write_run_documents).
+    def _document(self, name: str, empty: Any) -> Any:
+        pending = self.__dict__.get(f"_pending_{name}")
+        if pending is not None:
+            return pending[1]
+        row = getattr(self, f"{name}_document")
+        return row.body if row is not None else empty
+
+    def _set_document(self, name: str, value: Any) -> None:
+        digest = document_digest(value)
+        self.__dict__[f"_pending_{name}"] = (digest, value)
+        setattr(self, f"{name}_digest", digest)
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        return self._document("plan", {})
+
+    @plan.setter
+    def plan(self, value: dict[str, Any] | None) -> None:
+        self._set_document("plan", {} if value is None else value)
+
+    @property
+    def deviations(self) -> list[Any]:
+        return self._document("deviations", [])
+
+    @deviations.setter
+    def deviations(self, value: list[Any] | None) -> None:
+        self._set_document("deviations", [] if value is None else value)
+
+
+@event.listens_for(Session, "before_flush")
+def _write_run_documents(session: Session, _context, _instances) -> None:  # noqa: ANN001
+    """Insert the documents of new or changed runs before the runs themselves (foreign keys), once per
+    digest and race-free: INSERT ... ON CONFLICT DO NOTHING, since concurrent runs share documents."""
+    rows: dict[str, Any] = {}
+    for obj in [*session.new, *session.dirty]:
+        if not isinstance(obj, RunRow):
+            continue
+        if obj.plan_digest is None:
+            obj.plan = {}
+        if obj.deviations_digest is None:
+            obj.deviations = []
+        for name in ("plan", "deviations"):
+            pending = obj.__dict__.get(f"_pending_{name}")
+            if pending is not None and obj.__dict__.get(f"_written_{name}") != pending[0]:
+                rows[pending[0]] = pending[1]
+                obj.__dict__[f"_written_{name}"] = pending[0]
+    if rows:
+        insert_documents(session, rows)
+
+
+def insert_documents(session_or_conn, rows: dict[str, Any]) -> None:  # noqa: ANN001
+    conn = session_or_conn.connection() if isinstance(session_or_conn, Session) else session_or_conn
+    table = RunDocumentRow.__table__
+    values = [{"digest": d, "body": b} for d, b in rows.items()]
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        conn.execute(insert(table).on_conflict_do_nothing(index_elements=["digest"]), values)
+        return
+    have = set(conn.execute(select(table.c.digest).where(table.c.digest.in_(list(rows)))).scalars())
+    missing = [v for v in values if v["digest"] not in have]
+    if missing:
+        conn.execute(table.insert(), missing)
 
 
 class RunMetricRow(Base):

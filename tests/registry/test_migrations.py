@@ -32,10 +32,7 @@ def test_migrations_build_exactly_the_models(db_url):
 def _downgrade_to(engine, revision):
     from alembic import command
 
-    cfg = database._alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+    database.run_migrations(engine, command.downgrade, revision)
 
 
 def test_older_schema_is_refused_until_upgrade(db_url, cli):

@@ -3,6 +3,7 @@ database's old per-value rows there, losing nothing, and its downgrade puts them
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 
@@ -20,10 +21,7 @@ OLD_REVISION = "0002_run_metric_lookup"
 def _alembic(engine, action: str, revision: str) -> None:
     from alembic import command
 
-    cfg = database._alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, action)(cfg, revision)
+    database.run_migrations(engine, getattr(command, action), revision)
 
 
 def _old_style_rows() -> list[dict]:
@@ -109,3 +107,39 @@ def test_series_rows_replace_rather_than_duplicate(db_url):
         s.delete(s.get(RunRow, "run-a"))
     with session_scope(db_url) as s:
         assert run_series(s, "run-a") == {}
+
+
+def test_upgrade_moves_plans_into_shared_documents_and_back(db_url, cli):
+    from registry.db import RunDocumentRow
+
+    engine = database.get_engine(db_url)
+    shared = {"recipe": "tulu3-8b", "stage": "sft", "hyperparameters": {"learning_rate": 5e-6}}
+    with session_scope(db_url) as s:
+        for i in range(3):
+            record_run(s, f"run-{i}", minutes=i)
+    _alembic(engine, "downgrade", OLD_REVISION)
+    with engine.begin() as conn:  # old-style rows: the plan and deviations inline in each run
+        for i in range(3):
+            conn.execute(text("UPDATE runs SET plan = :p, deviations = :d WHERE id = :id"),
+                         {"p": json.dumps(shared if i < 2 else {"other": i}),
+                          "d": json.dumps([{"key": "epochs", "recorded": 2, "used": 1}] if i else []), "id": f"run-{i}"})
+    database._engine_for.cache_clear()
+    code, _, err = cli("db", "upgrade")
+    assert code == 0, err
+    database._engine_for.cache_clear()
+    with session_scope(db_url) as s:
+        runs = {r.id: r for r in s.scalars(select(RunRow))}
+        assert runs["run-0"].plan == runs["run-1"].plan == shared and runs["run-2"].plan == {"other": 2}
+        assert runs["run-0"].deviations == [] and runs["run-2"].deviations[0]["key"] == "epochs"
+        assert len(list(s.scalars(select(RunDocumentRow)))) == 4  # 2 plans + 2 deviation lists for 3 runs
+    with session_scope(db_url) as s:
+        detached = s.get(RunRow, "run-1")
+    assert detached.plan == shared  # loaded with the run: readable after the session closed
+    _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
+    with engine.connect() as conn:
+        back = {r.id: r for r in conn.execute(text("SELECT id, plan, deviations FROM runs"))}
+    def parsed(value):  # noqa: ANN001, ANN202 - text on SQLite, already parsed on PostgreSQL
+        return json.loads(value) if isinstance(value, str) else value
+
+    assert parsed(back["run-0"].plan) == shared and parsed(back["run-2"].plan) == {"other": 2}
+    assert parsed(back["run-1"].deviations)[0]["used"] == 1
