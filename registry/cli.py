@@ -266,7 +266,7 @@ def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
     from sqlalchemy import or_, select
 
     from registry.db import LineageEdgeRow
-    from registry.queries import get_run, node_exists
+    from registry.queries import node_exists, run_id_for
 
     if ":" in target and target.split(":", 1)[0] in reg.recipes:
         recipe, stage = reg.parse_target(target)
@@ -278,9 +278,9 @@ def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
         key = session.scalar(select(LineageEdgeRow.parent).where(
             or_(LineageEdgeRow.parent == exact, LineageEdgeRow.parent.like(prefix + "%"))).limit(1))
         return key or exact
-    run = get_run(session, target)
-    if run is not None:
-        return f"run:{run.id}"
+    run_id = run_id_for(session, target)
+    if run_id is not None:
+        return f"run:{run_id}"
     hub = {c.hub_id: n for n, c in reg.model.checkpoints.items() if c.hub_id}
     if target in hub:
         return f"checkpoint:{hub[target]}"

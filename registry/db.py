@@ -124,9 +124,10 @@ class PublishedMetricRow(Base):
 
 
 def document_digest(body: Any) -> str:
-    """The key of a run document: sha256 of its canonical JSON."""
+    """The key of a run document: the first 128 bits of the sha256 of its canonical JSON (plenty to
+    tell plans apart; every run stores two of these)."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class RunDocumentRow(Base):
@@ -134,7 +135,7 @@ class RunDocumentRow(Base):
     otherwise): every smoke run of one recipe stage with the same settings shares one row."""
 
     __tablename__ = "run_documents"
-    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(32), primary_key=True)
     body: Mapped[Any] = mapped_column(JSON)
 
 
@@ -242,9 +243,10 @@ class RunMetricRow(Base):
 
     __tablename__ = "run_metrics"
     # compare/plot read one metric's series of one run at a time.
+    # (Its run_id prefix also serves the foreign key; a separate run_id index would only add bytes.)
     __table_args__ = (Index("ix_run_metrics_lookup", "run_id", "kind", "name"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float] = mapped_column(Float)
     step: Mapped[int | None] = mapped_column(Integer)
@@ -274,15 +276,14 @@ class LineageEdgeRow(Base):
     """parent -> child. Nodes are typed keys: checkpoint:NAME, dataset:NAME@REV, code:REPO@COMMIT,
     stage:RECIPE:STAGE, run:ID.
 
-    The unique (parent, child, relation) index serves downstream walks and (child, parent) upstream
-    ones: the recursive lineage queries read only these indexes, never the whole table."""
+    The unique (parent, child, relation) index serves downstream walks and the child index upstream
+    ones: a recursive lineage query reads the edges of its answer, never the whole table."""
 
     __tablename__ = "lineage_edges"
-    __table_args__ = (UniqueConstraint("parent", "child", "relation"),
-                      Index("ix_lineage_edges_upstream", "child", "parent"))
+    __table_args__ = (UniqueConstraint("parent", "child", "relation"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     parent: Mapped[str] = mapped_column(String(512))
-    child: Mapped[str] = mapped_column(String(512))
+    child: Mapped[str] = mapped_column(String(512), index=True)
     relation: Mapped[str] = mapped_column(String(32))
     origin: Mapped[str] = mapped_column(String(16), default="recipe")  # recipe | run
     content_hash: Mapped[str | None] = mapped_column(String(128))  # DVC/file hash recorded at the time

@@ -1,7 +1,7 @@
 """The lineage graph as recursive queries in the database.
 
 Each walk is one `WITH RECURSIVE` query (SQLAlchemy's `cte(recursive=True)`, which SQLite and
-PostgreSQL both run) over the indexed edge columns: (child, parent) upstream, the unique
+PostgreSQL both run) over the indexed edge columns: child upstream, the unique
 (parent, child, relation) index downstream. It returns only the edges of the answer, so a walk
 costs the size of the answer, not of the database. The recursion keeps the set of nodes reached
 (UNION, not UNION ALL), so it ends on any graph, cycles included; cycles are also refused when an

@@ -109,6 +109,15 @@ def get_run(session: Session, run_id: str) -> RunRow | None:
     return run
 
 
+def run_id_for(session: Session, run_id: str) -> str | None:
+    """get_run's answer as an id only, in Core (no ORM objects: cheaper in a cold read command)."""
+    ids = RunRow.__table__.c.id
+    if session.execute(select(ids).where(ids == run_id)).scalar() is not None:
+        return run_id
+    matches = list(session.execute(select(ids).where(ids.like(f"{run_id}%")).limit(2)).scalars())
+    return matches[0] if len(matches) == 1 else None
+
+
 def list_runs(session: Session, recipe: str | None = None, stage: str | None = None, limit: int = 100,
               offset: int = 0, after: str | None = None) -> list[RunRow]:
     """One page of runs, newest first, read along the (created_at, id) index (or (recipe, created_at,

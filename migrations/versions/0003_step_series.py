@@ -14,8 +14,8 @@ run_documents rows keyed by the sha256 of their canonical JSON (registry.db.docu
 runs keep the two digests.
 
 Indexes: runs (created_at, id) and (recipe, created_at, id) for newest-first pages, runs (status)
-for the stale-run sweep; lineage_edges (child, parent) for upstream walks. The old single-column
-indexes are prefixes of these (or of the unique (parent, child, relation) index) and are dropped.
+for the stale-run sweep. Indexes that are a prefix of another are dropped (runs created_at and
+recipe, lineage_edges parent, run_metrics run_id): they only cost bytes.
 
 Revision ID: 0003_step_series
 Revises: 0002_run_metric_lookup
@@ -49,17 +49,17 @@ run_series = sa.Table("run_series", _meta, sa.Column("id", sa.Integer, primary_k
                       sa.Column("steps", sa.JSON), sa.Column("values", sa.JSON),
                       sa.Column("created_at", sa.DateTime(timezone=True)))
 
-run_documents = sa.Table("run_documents", _meta, sa.Column("digest", sa.String(64), primary_key=True),
+run_documents = sa.Table("run_documents", _meta, sa.Column("digest", sa.String(32), primary_key=True),
                          sa.Column("body", sa.JSON))
 runs_before = sa.Table("runs", sa.MetaData(), sa.Column("id", sa.String(64), primary_key=True),
                        sa.Column("plan", sa.JSON), sa.Column("deviations", sa.JSON),
-                       sa.Column("plan_digest", sa.String(64)), sa.Column("deviations_digest", sa.String(64)))
+                       sa.Column("plan_digest", sa.String(32)), sa.Column("deviations_digest", sa.String(32)))
 
 
 def digest(body) -> str:  # noqa: ANN001
     """registry.db.document_digest, frozen here as this revision wrote it."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def encode(value: float) -> float | str:
@@ -89,19 +89,19 @@ def upgrade() -> None:
     _move_train_rows_to_series(op.get_bind())
     op.create_table(
         "run_documents",
-        sa.Column("digest", sa.String(length=64), nullable=False),
+        sa.Column("digest", sa.String(length=32), nullable=False),
         sa.Column("body", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("digest", name=op.f("pk_run_documents")),
     )
     with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("plan_digest", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column("deviations_digest", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("plan_digest", sa.String(length=32), nullable=True))
+        batch_op.add_column(sa.Column("deviations_digest", sa.String(length=32), nullable=True))
     _move_documents(op.get_bind())
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_column("plan")
         batch_op.drop_column("deviations")
-        batch_op.alter_column("plan_digest", existing_type=sa.String(length=64), nullable=False)
-        batch_op.alter_column("deviations_digest", existing_type=sa.String(length=64), nullable=False)
+        batch_op.alter_column("plan_digest", existing_type=sa.String(length=32), nullable=False)
+        batch_op.alter_column("deviations_digest", existing_type=sa.String(length=32), nullable=False)
         batch_op.create_foreign_key(op.f("fk_runs_plan_digest_run_documents"), "run_documents", ["plan_digest"],
                                     ["digest"])
         batch_op.create_foreign_key(op.f("fk_runs_deviations_digest_run_documents"), "run_documents",
@@ -112,9 +112,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_runs_recipe_newest", ["recipe", "created_at", "id"], unique=False)
         batch_op.create_index("ix_runs_status", ["status"], unique=False)
     with op.batch_alter_table("lineage_edges", schema=None) as batch_op:
-        batch_op.drop_index("ix_lineage_edges_child")
-        batch_op.drop_index("ix_lineage_edges_parent")
-        batch_op.create_index("ix_lineage_edges_upstream", ["child", "parent"], unique=False)
+        batch_op.drop_index("ix_lineage_edges_parent")  # a prefix of the unique (parent, child, relation) index
+    with op.batch_alter_table("run_metrics", schema=None) as batch_op:
+        batch_op.drop_index("ix_run_metrics_run_id")  # a prefix of ix_run_metrics_lookup
 
 
 def _move_train_rows_to_series(conn) -> None:  # noqa: ANN001
@@ -188,10 +188,10 @@ def downgrade() -> None:
                   "protocol": None, "created_at": s.created_at} for step, v in zip(s.steps, s.values)]
     for start in range(0, len(rows), BATCH):
         conn.execute(run_metrics.insert(), rows[start:start + BATCH])
+    with op.batch_alter_table("run_metrics", schema=None) as batch_op:
+        batch_op.create_index("ix_run_metrics_run_id", ["run_id"], unique=False)
     with op.batch_alter_table("lineage_edges", schema=None) as batch_op:
-        batch_op.drop_index("ix_lineage_edges_upstream")
         batch_op.create_index("ix_lineage_edges_parent", ["parent"], unique=False)
-        batch_op.create_index("ix_lineage_edges_child", ["child"], unique=False)
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("ix_runs_status")
         batch_op.drop_index("ix_runs_recipe_newest")

@@ -1,0 +1,316 @@
+"""Lineage and run queries on team-sized databases: 10k, 100k, 1M runs, on SQLite and PostgreSQL.
+
+Run: python bench/bench_registry_scale.py [--sizes 10000,100000,1000000] [--backends sqlite,postgres]
+                                          [--postgres-url URL] [--reps 5]
+
+Each database is built with the project's own tables (the Alembic migrations, then `repro db sync`
+for the recipes' graph) and bulk inserts into them: N succeeded runs, each with 4 lineage edges
+(its stage, a parent run chosen uniformly among the earlier ones, so the init chains form a random
+recursive tree, a dataset version and a code pin), 3 final-metric rows, and the plan and deviations
+of a real smoke plan of its stage (8 seed variants per stage, as a sweep would give). Hashed edges
+point at small real files, so `--verify` has something to hash.
+
+Per database it prints, for lineage upstream, downstream and --verify (hashing excluded: the walk
+and the path resolution only) and two `runs` pages: the answer size, the time inside the query (in
+one process, median of --reps after one warm-up) and the cold-process wall time of the whole
+command (median of --reps fresh `repro` processes, one warm-up discarded), beside `python -c pass`
+and `repro list --json`; and the database growth per run. Targets (issue #15): at ≤ 100k runs each
+lineage query ≤ 20 ms for an answer ≤ 1,000 nodes, at 1M ≤ 100 ms; the cold command ≤ 2x the cold
+start of `repro list`; growth ≤ 2 KB per run (step series excluded: the bench writes none).
+
+PostgreSQL: the URL of a server (default REPRO_TEST_POSTGRES_URL; `.ci/start-postgres.sh` starts
+one); each size gets a fresh database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+CHUNK = 10_000
+STAGES = [("tulu3-8b", "sft"), ("tulu3-8b", "dpo"), ("tulu3-8b", "rm"), ("tulu3-8b", "rlvr"),
+          ("smollm2-135m", "pretrain"), ("smollm2-135m", "sft"), ("smollm2-135m", "dpo")]
+
+
+def smoke_plans() -> dict[tuple[str, str], dict]:
+    """The real smoke plan of each stage (resolving imports torch, so this runs in the bench only)."""
+    from registry.recipes import load_recipes
+    from runner.plan import resolve
+
+    reg = load_recipes()
+    return {key: resolve(reg, key[0], key[1], "smoke").to_json() for key in STAGES}
+
+
+def make_files(scratch: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(path, dvc hash) of 64 small checkpoint dirs under the runs root and 16 dataset files."""
+    from registry.hashing import dvc_hash
+
+    ckpts, data = [], []
+    for k in range(64):
+        d = scratch / "runs" / f"ckpt-{k:02d}" / "checkpoint"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(os.urandom(256))
+        ckpts.append((str(d), dvc_hash(d)))
+    (scratch / "data").mkdir()
+    for k in range(16):
+        f = scratch / "data" / f"ds-{k:02d}.jsonl"
+        f.write_text(f'{{"row": {k}}}\n')
+        data.append((str(f), dvc_hash(f)))
+    return ckpts, data
+
+
+def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
+    """Fill a fresh database; returns the parent array, targets and the size growth per run."""
+    from registry.database import get_engine, session_scope
+    from registry.db import LineageEdgeRow, RunMetricRow, RunRow, document_digest, insert_documents
+    from registry.hashing import edge_note
+    from registry.recipes import load_recipes
+    from registry.sync import sync
+
+    rng = random.Random(seed)
+    engine = get_engine(url)
+    with session_scope(url) as s:
+        sync(s, load_recipes())
+    size0 = db_size(engine)
+    ckpts, data = make_files(scratch)
+    ckpt_notes = [(edge_note(p), h) for p, h in ckpts]
+    data_notes = [(edge_note(p), h, f"dataset:bench/ds-{k:02d}@md5:{h[:12]}") for k, (p, h) in enumerate(data)]
+    variants = {}
+    for key, plan in plans.items():
+        for v in range(8):
+            body = {**plan, "hyperparameters": {**plan["hyperparameters"], "seed": v}}
+            variants[key, v] = (document_digest(body), body, document_digest(plan["deviations"]), plan["deviations"])
+    with engine.begin() as conn:
+        docs = {d: b for d, b, _, _ in variants.values()} | {d: b for _, _, d, b in variants.values()}
+        insert_documents(conn, docs)
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    parents = [-1] + [rng.randrange(i) for i in range(1, n)]
+    ids = [f"{STAGES[i % len(STAGES)][0]}-{STAGES[i % len(STAGES)][1]}-2026{i:08d}-{i % 65536:04x}" for i in range(n)]
+    start = time.perf_counter()
+    for lo in range(0, n, CHUNK):
+        runs, edges, metrics = [], [], []
+        for i in range(lo, min(n, lo + CHUNK)):
+            recipe, stage = STAGES[i % len(STAGES)]
+            plan_digest, _, dev_digest, _ = variants[(recipe, stage), i % 8]
+            node = f"run:{ids[i]}"
+            when = t0 + timedelta(seconds=30 * i)
+            runs.append({"id": ids[i], "recipe": recipe, "stage": stage, "profile": "smoke", "status": "succeeded",
+                         "run_dir": str(scratch / "runs" / ids[i]), "created_at": when, "finished_at": when,
+                         "heartbeat_at": when, "pid": 1000 + i % 30000, "hostname": "bench-host",
+                         "git_sha": f"{i % 200:040x}", "git_dirty": False, "plan_digest": plan_digest,
+                         "deviations_digest": dev_digest, "error": None,
+                         "final_metrics": {"train_loss_last": 1.5, "heldout_loss": 1.7, "heldout_accuracy": 0.4}})
+            edges.append({"parent": f"stage:{recipe}:{stage}", "child": node, "relation": "executes", "origin": "run",
+                          "content_hash": None, "note": None})
+            edges.append({"parent": f"code:repro@{i % 200:040x}", "child": node, "relation": "code", "origin": "run",
+                          "content_hash": None, "note": None})
+            note, digest, key = data_notes[i % len(data_notes)]
+            edges.append({"parent": key, "child": node, "relation": "train", "origin": "run", "content_hash": digest,
+                          "note": note})
+            if parents[i] >= 0:
+                note, digest = ckpt_notes[parents[i] % len(ckpt_notes)]
+                edges.append({"parent": f"run:{ids[parents[i]]}", "child": node, "relation": "init", "origin": "run",
+                              "content_hash": digest, "note": note})
+            metrics += [{"run_id": ids[i], "name": name, "value": value, "step": None, "kind": "final",
+                         "protocol": None, "created_at": when}
+                        for name, value in (("train_loss_last", 1.5), ("heldout_loss", 1.7), ("heldout_accuracy", 0.4))]
+        with engine.begin() as conn:
+            conn.execute(RunRow.__table__.insert(), runs)
+            conn.execute(LineageEdgeRow.__table__.insert(), edges)
+            conn.execute(RunMetricRow.__table__.insert(), metrics)
+    built = time.perf_counter() - start
+    growth = (db_size(engine) - size0) / n
+
+    depth = [0] * n
+    for i in range(1, n):
+        depth[i] = depth[parents[i]] + 1
+    below = [0] * n  # descendants of each run
+    for i in range(n - 1, 0, -1):
+        below[parents[i]] += below[i] + 1
+    deepest = max(range(n), key=lambda i: (depth[i], i))
+    fits = [i for i in range(n) if below[i] <= 1000]
+    wide = max(fits, key=lambda i: (below[i], -i))
+    return {"ids": ids, "up": ids[deepest], "up_depth": depth[deepest], "down": ids[wide], "down_size": below[wide],
+            "cursor": ids[n // 2], "growth": growth, "built_s": built}
+
+
+def db_size(engine) -> int:  # noqa: ANN001
+    from sqlalchemy import text
+
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            pages = cur.execute("PRAGMA page_count").fetchone()[0]
+            return pages * cur.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            raw.close()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+        return conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+
+
+def query_times(url: str, info: dict, reps: int) -> list[tuple[str, int, float]]:
+    """(query, answer nodes, median ms inside one process) for the queries the commands run."""
+    from registry.database import read_scope
+    from registry.hashing import note_path
+    from registry.lineage import hashed_edges_to_verify, lineage_edges, lineage_tree, reachable
+    from registry.queries import list_runs
+
+    up, down = f"run:{info['up']}", f"run:{info['down']}"
+
+    def upstream(s):  # noqa: ANN001, ANN202
+        edges = lineage_edges(s, up)
+        lineage_tree(s, up, edges=edges)
+        return len({e.parent for e in edges}) + 1
+
+    def downstream(s):  # noqa: ANN001, ANN202
+        edges = lineage_edges(s, down, downstream=True)
+        lineage_tree(s, down, downstream=True, edges=edges)
+        return len(reachable(s, down, True, edges=edges)) + 1
+
+    def verify(s):  # noqa: ANN001, ANN202
+        checks = hashed_edges_to_verify(s, up)
+        for _, edge in checks:
+            note_path(edge.note)
+        return len(checks)
+
+    cases = [("lineage upstream", upstream), ("lineage downstream", downstream), ("lineage --verify (no hashing)", verify),
+             ("runs first page (20)", lambda s: len(list_runs(s, limit=20))),
+             ("runs page after a cursor", lambda s: len(list_runs(s, limit=20, after=info["cursor"])))]
+    out = []
+    with read_scope(url) as s:
+        for label, fn in cases:
+            size = fn(s)  # warm-up
+            samples = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                fn(s)
+                samples.append((time.perf_counter() - t) * 1000)
+            out.append((label, size, statistics.median(samples)))
+    return out
+
+
+def cold(argv: list[str], env: dict, reps: int) -> float:
+    subprocess.run(argv, env=env, cwd=ROOT, capture_output=True)  # warm-up, discarded
+    samples = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        done = subprocess.run(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        samples.append(time.perf_counter() - t)
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode()[-300:]}")
+    return statistics.median(samples)
+
+
+def fresh_postgres(admin: str) -> tuple[str, callable]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"repro_bench_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(make_url(admin), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        from registry import database
+
+        database._engine_for.cache_clear()
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return make_url(admin).set(database=name).render_as_string(hide_password=False), drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated run counts (e.g. 10000,100000,1000000)")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--postgres-url", default=os.environ.get("REPRO_TEST_POSTGRES_URL"))
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    backends = args.backends.split(",")
+    if "postgres" in backends and not args.postgres_url:
+        raise SystemExit("postgres backend: pass --postgres-url or set REPRO_TEST_POSTGRES_URL "
+                         "(.ci/start-postgres.sh DIR PORT prints one)")
+
+    scratch_root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    os.environ["REPRO_RUNS_DIR"] = str(scratch_root / "runs")
+    os.environ["REPRO_HOME"] = str(scratch_root / "home")
+    plans = smoke_plans()
+    summary = []
+    print(f"{os.cpu_count()} CPUs; query time = median of {args.reps} in one process after a warm-up; "
+          f"cold = median of {args.reps} fresh processes")
+    try:
+        for backend in backends:
+            for n in sizes:
+                scratch = scratch_root / f"{backend}-{n}"
+                scratch.mkdir()
+                os.environ["REPRO_RUNS_DIR"] = str(scratch / "runs")
+                drop = None
+                if backend == "sqlite":
+                    url = f"sqlite:///{scratch / 'repro.db'}"
+                else:
+                    url, drop = fresh_postgres(args.postgres_url)
+                try:
+                    info = build(url, n, scratch, plans)
+                    env = dict(os.environ, REPRO_DATABASE_URL=url, REPRO_RUNS_DIR=str(scratch / "runs"),
+                               HF_HUB_OFFLINE="1")
+                    repro = str(BIN / "repro")
+                    base = cold([sys.executable, "-c", "pass"], env, args.reps)
+                    lst = cold([repro, "list", "--json"], env, args.reps)
+                    commands = {
+                        "lineage upstream": [repro, "lineage", info["up"], "--json"],
+                        "lineage downstream": [repro, "lineage", info["down"], "--downstream", "--json"],
+                        "lineage --verify (no hashing)": [repro, "lineage", info["up"], "--verify", "--json"],
+                        "runs first page (20)": [repro, "runs", "--json", "--limit", "20"],
+                        "runs page after a cursor": [repro, "runs", "--json", "--limit", "20", "--after", info["cursor"]],
+                    }
+                    limit_ms = 100.0 if n >= 1_000_000 else 20.0
+                    print(f"\n{backend} {n:,} runs ({n * 4 - 1:,} run edges): built in {info['built_s']:.0f} s; "
+                          f"growth {info['growth']:.0f} B/run; deepest init chain {info['up_depth']}, downstream "
+                          f"target has {info['down_size']} descendant runs")
+                    print(f"  python -c pass {base:.3f} s; repro list --json {lst:.3f} s (cold)")
+                    print(f"  {'query':32} {'answer':>7} {'in-query ms':>12} {'cold s':>7} {'cold/list':>9}")
+                    for label, size, ms in query_times(url, info, args.reps):
+                        wall = cold(commands[label], env, args.reps)
+                        ok_q = ms <= limit_ms or not label.startswith("lineage") or size > 1000
+                        ok_c = wall <= 2 * lst
+                        print(f"  {label:32} {size:7d} {ms:12.2f} {wall:7.3f} {wall / lst:8.2f}x"
+                              f"  query {'MET' if ok_q else 'MISSED'} (≤ {limit_ms:.0f} ms), "
+                              f"cold {'MET' if ok_c else 'MISSED'} (≤ 2x list)")
+                        summary.append(ok_q and ok_c)
+                    ok_g = info["growth"] <= 2048
+                    summary.append(ok_g)
+                    print(f"  growth {info['growth']:.0f} B/run: {'MET' if ok_g else 'MISSED'} (≤ 2048)")
+                finally:
+                    from registry import database
+
+                    database._engine_for.cache_clear()
+                    if drop:
+                        drop()
+                    shutil.rmtree(scratch, ignore_errors=True)
+        print(f"\nSUMMARY {sum(summary)}/{len(summary)} targets met over backends {','.join(backends)} and sizes "
+              f"{','.join(f'{n:,}' for n in sizes)}")
+    finally:
+        shutil.rmtree(scratch_root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
