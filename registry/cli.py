@@ -266,27 +266,15 @@ def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
     from sqlalchemy import or_, select
 
     from registry.db import LineageEdgeRow
+    from registry.light_db import resolve_node as resolve
     from registry.queries import node_exists, run_id_for
 
-    if ":" in target and target.split(":", 1)[0] in reg.recipes:
-        recipe, stage = reg.parse_target(target)
-        return f"stage:{recipe}:{stage}"
-    if target in reg.model.checkpoints or node_exists(session, f"checkpoint:{target}"):
-        return f"checkpoint:{target}"
-    if target in reg.model.datasets:
-        exact, prefix = f"dataset:{target}", f"dataset:{target}@"
-        key = session.scalar(select(LineageEdgeRow.parent).where(
+    def dataset_key(exact: str, prefix: str) -> str | None:
+        return session.scalar(select(LineageEdgeRow.parent).where(
             or_(LineageEdgeRow.parent == exact, LineageEdgeRow.parent.like(prefix + "%"))).limit(1))
-        return key or exact
-    run_id = run_id_for(session, target)
-    if run_id is not None:
-        return f"run:{run_id}"
-    hub = {c.hub_id: n for n, c in reg.model.checkpoints.items() if c.hub_id}
-    if target in hub:
-        return f"checkpoint:{hub[target]}"
-    candidates = list(reg.model.checkpoints) + list(reg.model.datasets) + [
-        f"{r}:{s}" for r, rec in reg.recipes.items() for s in rec.stage_names]
-    raise unknown("lineage target", target, candidates)
+
+    return resolve(reg, target, lambda key: node_exists(session, key), dataset_key,
+                   lambda run: run_id_for(session, run))
 
 
 def _depth_option(value: Optional[int]) -> Optional[int]:
@@ -302,19 +290,36 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
                                                     "the whole graph); the output names where it cut."),
                 as_json: bool = JsonOpt):
     """The graph upstream of a checkpoint, run or recipe:stage (or downstream with --downstream)."""
-    from registry.lineage import lineage_edges, lineage_tree, reachable
+    from registry.lineage_tree import build_tree, reach, verify_subjects
 
     depth = _depth_option(depth)
     reg = registry()
-    with indexed_session(reg) as session:
-        node = resolve_node(session, reg, target)
-        edges = lineage_edges(session, node, downstream=downstream, max_depth=depth)
-        tree = lineage_tree(session, node, downstream=downstream, max_depth=depth, edges=edges)
-        # The whole impact, even where the tree is cut; without a cut it is the same walk's edges.
-        impacted = reachable(session, node, downstream=True, edges=edges if depth is None else None) \
-            if downstream else []
-        problems = _verify_hashes(session, node, edges if not downstream and depth is None else None) \
-            if verify else []
+    # Unbounded walks go through sqlite3/psycopg directly when the database is ready for it (no
+    # SQLAlchemy import in a cold process); anything else takes the SQLAlchemy path below.
+    light = None
+    if depth is None and not (verify and downstream):
+        from registry.light_db import lineage_walk
+
+        light = lineage_walk(reg, target, downstream, with_outputs=verify)
+    if light is not None:
+        from registry.hashing import verify_files
+
+        node, edges, outputs = light
+        tree = build_tree(edges, node, downstream)
+        impacted = reach(edges, node, True) if downstream else []
+        problems = verify_files(verify_subjects(edges + outputs)) if verify else []
+    else:
+        from registry.lineage import lineage_edges, lineage_tree, reachable
+
+        with indexed_session(reg) as session:
+            node = resolve_node(session, reg, target)
+            edges = lineage_edges(session, node, downstream=downstream, max_depth=depth)
+            tree = lineage_tree(session, node, downstream=downstream, max_depth=depth, edges=edges)
+            # The whole impact, even where the tree is cut; without a cut it is the same walk's edges.
+            impacted = reachable(session, node, downstream=True, edges=edges if depth is None else None) \
+                if downstream else []
+            problems = _verify_hashes(session, node, edges if not downstream and depth is None else None) \
+                if verify else []
     cut = tree.cut_nodes()
     if as_json:
         emit_json({"target": node, "direction": "downstream" if downstream else "upstream",

@@ -24,22 +24,11 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, Progr
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db import SCHEMA_REVISION
+from registry.dbinfo import database_url, default_url  # noqa: F401 - re-exported
 from registry.errors import ReproError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup", "0003_step_series")  # oldest first; the last one is SCHEMA_REVISION
-
-
-def default_url() -> str:
-    from platformdirs import user_data_dir
-
-    data = Path(os.environ.get("REPRO_HOME") or user_data_dir("repro", appauthor=False))
-    data.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{data / 'repro.db'}"
-
-
-def database_url() -> str:
-    return os.environ.get("REPRO_DATABASE_URL") or default_url()
 
 
 def safe_url(url: str) -> str:

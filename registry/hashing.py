@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:  # the cold read path verifies without SQLAlchemy
+    from sqlalchemy.orm import Session
 
 
 def file_md5(path: Path) -> str:
@@ -78,16 +79,21 @@ def note_path(note: str | None) -> Path | None:
     return hint
 
 
-def verify_edges(session: Session, node: str, upstream_edges: list | None = None) -> list[dict[str, Any]]:
+def verify_edges(session: "Session", node: str, upstream_edges: list | None = None) -> list[dict[str, Any]]:
     """Re-hash the files behind every hashed edge upstream of `node` (and its upstream runs' outputs).
 
     The edges come from the same recursive walk as `repro lineage`, and each file is hashed once, so
     the cost is the hashing of the answer, not a scan of the database."""
     from registry.lineage import hashed_edges_to_verify
 
+    return verify_files(hashed_edges_to_verify(session, node, upstream_edges))
+
+
+def verify_files(subject_edges: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """{node, status ok|modified|missing, detail} per (subject, edge), each file hashed once."""
     results = []
     hashed: dict[Path, str] = {}
-    for subject, edge in hashed_edges_to_verify(session, node, upstream_edges):
+    for subject, edge in subject_edges:
         path = note_path(edge.note)
         if path is None:
             continue

@@ -42,6 +42,7 @@ def is_current(session: Session, registry: Registry) -> bool:
 def sync(session: Session, registry: Registry) -> list[str]:
     """Returns the changes made, e.g. ["updated stage tulu3-8b:sft"]; [] when already in sync."""
     _lock(session)
+    _store_walk_statements(session)
     file_hash = content_hash(registry.raw)
     state = session.get(SyncState, FILE_HASH_KEY)
     if state is not None and state.value == file_hash:
@@ -55,6 +56,23 @@ def sync(session: Session, registry: Registry) -> list[str]:
     else:
         state.value = file_hash
     return changes
+
+
+def _store_walk_statements(session: Session) -> None:
+    """The lineage walks compiled for this database's dialect, for the cold read path (light_db)."""
+    import json
+
+    from registry.lineage import compiled_statements
+    from registry.light_db import statements_key
+
+    dialect = session.get_bind().dialect
+    value = json.dumps(compiled_statements(dialect), sort_keys=True)
+    key = statements_key(dialect.name)
+    row = session.get(SyncState, key)
+    if row is None:
+        session.add(SyncState(key=key, value=value))
+    elif row.value != value:
+        row.value = value
 
 
 def _sync_datasets(session: Session, datasets: dict[str, Any]) -> list[str]:

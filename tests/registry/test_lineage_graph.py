@@ -166,3 +166,51 @@ def test_verify_survives_a_moved_runs_directory(db_url, cli, tmp_path, monkeypat
     (moved / "sft-1" / "checkpoint" / "model.safetensors").write_bytes(b"tampered")
     code, out, err = cli("lineage", "dpo-1", "--verify", "--json")
     assert code == 1 and {c["status"] for c in json.loads(out)["verify"]} == {"modified"}
+
+
+def test_cold_path_answers_exactly_as_the_sqlalchemy_path(db_url, cli, monkeypatch):
+    import registry.light_db as light
+
+    _shared_ancestor_graph(db_url)
+    real, taken = light.lineage_walk, []
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        answer = real(*args, **kwargs)
+        taken.append(answer is not None)
+        return answer
+
+    for target in ("rlvr-1", "sft-1", "tulu3-8b:dpo", "allenai/Llama-3.1-Tulu-3-8B", "HuggingFaceH4/ultrafeedback_binarized"):
+        for extra in ([], ["--downstream"], ["--verify"], ["--json"], ["--downstream", "--json"]):
+            monkeypatch.setattr(light, "lineage_walk", spy)
+            cold = cli("lineage", target, *extra)
+            monkeypatch.setattr(light, "lineage_walk", lambda *a, **k: None)
+            assert cli("lineage", target, *extra) == cold, (target, extra)
+    assert taken and all(taken)  # the synced database had the compiled walks: the cold path answered
+    code, _, err = cli("lineage", "no-such-thing")
+    assert code == 2 and "unknown lineage target" in err and err.count("\n") == 1
+
+
+PROBE = """
+import sys
+from registry.cli import run_app
+from runner.cli import app
+code = run_app(app, sys.argv[1:])
+print("SQLALCHEMY=" + str("sqlalchemy" in sys.modules), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_cold_lineage_imports_no_sqlalchemy_once_synced(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, REPRO_HOME=str(tmp_path), REPRO_RUNS_DIR=str(tmp_path / "runs"))
+    env.pop("REPRO_DATABASE_URL", None)
+    first = subprocess.run([sys.executable, "-c", PROBE, "lineage", "tulu3-8b:rlvr", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "SQLALCHEMY=True" in first.stderr  # created and synced the database
+    again = subprocess.run([sys.executable, "-c", PROBE, "lineage", "tulu3-8b:rlvr", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "SQLALCHEMY=False" in again.stderr, again.stderr
+    assert again.stdout == first.stdout

@@ -1,0 +1,23 @@
+"""What every database access needs, without importing SQLAlchemy: where the database is and the
+schema revision this code expects (the cold read path in registry.light_db uses both)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The Alembic head this code expects. A test asserts it equals the migrations' head,
+# so the check at connect time needs no migration machinery (it keeps `repro list` fast).
+SCHEMA_REVISION = "0003_step_series"
+
+
+def default_url() -> str:
+    from platformdirs import user_data_dir
+
+    data = Path(os.environ.get("REPRO_HOME") or user_data_dir("repro", appauthor=False))
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data / 'repro.db'}"
+
+
+def database_url() -> str:
+    return os.environ.get("REPRO_DATABASE_URL") or default_url()
