@@ -88,10 +88,10 @@ def show_cmd(recipe: str, stage: Optional[str] = typer.Option(None, "--stage", "
     rec = reg.recipe(recipe)
     if stage is None:
         doc = {"recipe": recipe, **{k: v for k, v in reg.raw["recipes"][recipe].items() if k != "stages"},
-               "stages": rec.stage_names}
+               "stages": rec.stage_names, "published_metrics": published_metrics_of(reg, recipe)}
         if as_json:
             return emit_json(doc)
-        return _print_recipe(reg, recipe)
+        return _print_recipe(reg, recipe, doc["published_metrics"])
     reg.stage(recipe, stage)
     doc = stage_document(reg, recipe, stage)
     if as_json:
@@ -114,12 +114,39 @@ def _sourced_table(title: str, items: dict[str, Any]):
     return table
 
 
-def _print_recipe(reg: Registry, name: str) -> None:
+def published_metrics_of(reg: Registry, recipe: str) -> list[dict[str, Any]]:
+    """The published metrics of every checkpoint the recipe's stages output, in stage order, each with
+    its protocol and source (and the other values sources state, if any)."""
+    rows = []
+    for st in reg.raw["recipes"][recipe]["stages"]:
+        for out in st.get("outputs", []):
+            ckpt = reg.raw["checkpoints"].get(out["checkpoint"]) or {}
+            for m in ckpt.get("metrics", []):
+                rows.append({"stage": st["name"], "checkpoint": out["checkpoint"], "benchmark": m["benchmark"],
+                             "value": m["value"], "protocol": m["protocol"], "source": m["source"],
+                             **({"alternatives": m["alternatives"]} if m.get("alternatives") else {})})
+    return rows
+
+
+def _print_recipe(reg: Registry, name: str, metrics: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
     raw = reg.raw["recipes"][name]
     out = console()
     out.print(f"[bold]{name}[/bold]  family {raw['family']}  size {raw['size']}  base {raw['base_model']}")
     out.print("stages: " + " → ".join(s["name"] for s in raw["stages"]))
     out.print(_sourced_table("architecture", raw["architecture"]))
+    if metrics:
+        table = Table(title="published metrics", title_justify="left")
+        for col in ("checkpoint", "benchmark", "value", "protocol", "source", "also stated"):
+            table.add_column(col, overflow="fold")
+        for m in metrics:
+            protocol = ", ".join(f"{k}={fmt(v)}" for k, v in m["protocol"].items())
+            alts = "; ".join(f"{fmt(a['value'])} ({a['source']})" for a in m.get("alternatives", []))
+            table.add_row(m["checkpoint"], m["benchmark"], fmt(m["value"]), protocol, m["source"], alts)
+        out.print(table)
+    else:
+        out.print("published metrics: none stated for this recipe's checkpoints")
     for note in raw.get("notes", []):
         out.print(f"[yellow]{note['kind']}[/yellow] {note['text']} ({note['source']})")
 

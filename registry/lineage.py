@@ -61,8 +61,10 @@ def _edges_statement(downstream: bool, max_depth: int | None = None):  # noqa: A
 def _outputs_statement():  # noqa: ANN202
     """The checkpoints produced by the runs upstream of root (what --verify re-hashes besides inputs)."""
     walk = _walk(downstream=False, max_depth=None)
-    return select(*EDGE_COLUMNS).where(EDGES.c.parent.in_(select(walk.c.node)), EDGES.c.parent.like("run:%"),
-                                       EDGES.c.child.like("checkpoint:%")).order_by(EDGES.c.id)
+    # Only the run nodes of the walk are looked up: a stage, dataset or code node has an edge to every
+    # run that used it, and reading those would cost the size of the database.
+    runs = select(walk.c.node).where(walk.c.node.like("run:%"))
+    return select(*EDGE_COLUMNS).where(EDGES.c.parent.in_(runs), EDGES.c.child.like("checkpoint:%")).order_by(EDGES.c.id)
 
 
 def compiled_statements(dialect) -> dict[str, dict[str, Any]]:  # noqa: ANN001
