@@ -105,11 +105,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     report = {}
-    for name, pairs in (("vectors", fixed_vectors()), ("fuzz", fuzz(args.fuzz, args.seed))):
+    fuzzed = fuzz(args.fuzz, args.seed)
+    # The empty-ground-truth switch: "on" (default) scores these 0; "off" must agree with upstream.
+    empty = [(r, "") for r, _ in fixed_vectors() + fuzzed[:1000]]
+    for name, pairs, kw in (("vectors", fixed_vectors(), {}), ("fuzz", fuzzed, {}),
+                            ("empty-ground-truth, switch off", empty, {"empty_gt_scores_0": False})):
         t0 = time.perf_counter()
         theirs = upstream_verdicts(args.upstream, pairs)
         t1 = time.perf_counter()
-        ours = [bool(score("math", r, g, "release-2024-11")) for r, g in pairs]
+        ours = [bool(score("math", r, g, "release-2024-11", **kw)) for r, g in pairs]
         t2 = time.perf_counter()
         diff = [{"response": r, "ground_truth": g, "upstream": u, "ours": o}
                 for (r, g), u, o in zip(pairs, theirs, ours) if u != o]

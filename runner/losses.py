@@ -1,6 +1,6 @@
 """Loss functions of the recorded Tülu 3 / SmolLM2 training code, as pure tensor functions.
 
-Semantics follow /work/shared/facts/semantics.md (open-instruct 3dd7a07da, release era).
+Semantics follow docs/semantics.md (open-instruct 3dd7a07da, release era; quirks cited by number).
 Every function is pure: no module state, no in-place writes on its inputs. Reductions
 across micro-batches / ranks are the caller's job unless a docstring says otherwise.
 

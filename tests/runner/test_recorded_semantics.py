@@ -128,3 +128,22 @@ def test_trl_padding_switch_is_recorded_and_switchable():
 
     with pytest.raises(ReproError, match="unknown switch"):
         switches.resolve("smollm2", "dpo", "trl_padding=off")
+
+
+# ---------------------------------------------------------------- logged metrics in real smoke runs --
+
+def test_smoke_runs_log_the_recorded_metrics(in_smoke_home):
+    """Issue 14 item 1: the keys each recorded trainer logged reach the run's steps."""
+    steps = {key: record["steps"] for key, record in in_smoke_home.items()}
+    tulu_dpo, smol_dpo = steps[("tulu3-8b", "dpo")], steps[("smollm2-135m", "dpo")]
+    assert all("rewards_average" in s and 0.0 <= s["rewards_accuracy"] <= 1.0 for s in tulu_dpo)
+    assert all("rewards_average" not in s for s in smol_dpo)
+    assert all("reward_margin" in s for s in steps[("tulu3-8b", "rm")])
+    rlvr_steps = steps[("tulu3-8b", "rlvr")]
+    assert all("ratio" in s and "rlhf_reward" in s for s in rlvr_steps)
+    # ρ is exactly 1 on the first PPO epoch's padding and near 1 elsewhere: a diluted mean near 1
+    assert all(0.5 < s["ratio"] < 2.0 for s in rlvr_steps)
+    # rlhf_reward = score − β·Σ kl per sequence, averaged: it equals score_mean − β·kl
+    beta = 0.05
+    for s in rlvr_steps:
+        assert abs(s["rlhf_reward"] - (s["score_mean"] - beta * s["kl"])) < 1e-4 * max(1.0, abs(s["rlhf_reward"]))
