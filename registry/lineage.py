@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, Text, bindparam, cast, literal, select
+from sqlalchemy import Integer, Text, bindparam, cast, literal, select, true
 from sqlalchemy.orm import Session
 
 from registry.db import LineageEdgeRow
@@ -51,20 +51,36 @@ def _walk(downstream: bool, max_depth: int | None):  # noqa: ANN202
                       .join(walk, near == walk.c.node).where(walk.c.depth + 1 < bindparam("max_depth")))
 
 
-def _edges_statement(downstream: bool, max_depth: int | None = None):  # noqa: ANN202
+def _edges_of(nodes, downstream: bool, dialect: str, only_to_checkpoints: bool = False):  # noqa: ANN001, ANN202
+    """The edges leaving `nodes` (a one-column subquery of keys), in the order they were written (as
+    before the walk moved into the database: `impacted` lists nodes in that order).
+
+    PostgreSQL gets a LATERAL join, one index lookup per node by construction: misjudging a recursive
+    CTE's size, its planner otherwise hashed all 400k edges of a 100k-run database for a 1,000-node
+    answer. SQLite (no LATERAL) looks each node up in the index anyway."""
     near, _ = _sides(downstream)
-    # In the order the edges were written, as before the walk moved into the database: `impacted`
-    # lists nodes in that order.
-    return select(*EDGE_COLUMNS).where(near.in_(select(_walk(downstream, max_depth).c.node))).order_by(EDGES.c.id)
+    extra = (EDGES.c.child.like("checkpoint:%"),) if only_to_checkpoints else ()
+    if dialect == "postgresql":
+        reached = nodes.subquery("reached")
+        # OFFSET 0 keeps the planner from flattening the LATERAL subquery back into that hash join.
+        e = select(EDGES.c.id, *EDGE_COLUMNS).where(near == reached.c.node, *extra).offset(0).lateral("e")
+        return (select(e.c.parent, e.c.child, e.c.relation, e.c.content_hash, e.c.note)
+                .select_from(reached).join(e, true()).order_by(e.c.id))
+    return select(*EDGE_COLUMNS).where(near.in_(nodes), *extra).order_by(EDGES.c.id)
 
 
-def _outputs_statement():  # noqa: ANN202
+def _edges_statement(downstream: bool, max_depth: int | None = None, dialect: str = "sqlite"):  # noqa: ANN202
+    walk = _walk(downstream, max_depth)
+    return _edges_of(select(walk.c.node).distinct(), downstream, dialect)
+
+
+def _outputs_statement(dialect: str = "sqlite"):  # noqa: ANN202
     """The checkpoints produced by the runs upstream of root (what --verify re-hashes besides inputs)."""
     walk = _walk(downstream=False, max_depth=None)
     # Only the run nodes of the walk are looked up: a stage, dataset or code node has an edge to every
     # run that used it, and reading those would cost the size of the database.
-    runs = select(walk.c.node).where(walk.c.node.like("run:%"))
-    return select(*EDGE_COLUMNS).where(EDGES.c.parent.in_(runs), EDGES.c.child.like("checkpoint:%")).order_by(EDGES.c.id)
+    runs = select(walk.c.node).where(walk.c.node.like("run:%")).distinct()
+    return _edges_of(runs, True, dialect, only_to_checkpoints=True)
 
 
 def compiled_statements(dialect) -> dict[str, dict[str, Any]]:  # noqa: ANN001
@@ -72,8 +88,9 @@ def compiled_statements(dialect) -> dict[str, dict[str, Any]]:  # noqa: ANN001
     for the cold read path): `order` names the positional (qmark) parameters, `values` holds every
     bound value but the root."""
     out = {}
-    for name, stmt in (("upstream", _edges_statement(False)), ("downstream", _edges_statement(True)),
-                       ("outputs", _outputs_statement())):
+    for name, stmt in (("upstream", _edges_statement(False, dialect=dialect.name)),
+                       ("downstream", _edges_statement(True, dialect=dialect.name)),
+                       ("outputs", _outputs_statement(dialect.name))):
         compiled = stmt.compile(dialect=dialect)
         params = dict(compiled.params)
         out[name] = {"sql": str(compiled), "order": list(compiled.positiontup or []),
@@ -87,7 +104,12 @@ def lineage_edges(session: Session, root: str, downstream: bool = False, max_dep
     if max_depth is not None and max_depth < 1:
         return []
     params: dict[str, Any] = {"root": root} if max_depth is None else {"root": root, "max_depth": max_depth}
-    return [Edge(*row) for row in session.execute(_edges_statement(downstream, max_depth), params)]
+    statement = _edges_statement(downstream, max_depth, _dialect(session))
+    return [Edge(*row) for row in session.execute(statement, params)]
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
 
 
 def _with_edges(session: Session, keys: list[str], downstream: bool) -> set[str]:
@@ -118,7 +140,7 @@ def hashed_edges_to_verify(session: Session, root: str, upstream: list[Edge] | N
     same walk as `lineage`; pass its edges as `upstream` when at hand) and the checkpoints its
     upstream runs produced. Nothing else is read."""
     edges = list(lineage_edges(session, root, downstream=False) if upstream is None else upstream)
-    edges += [Edge(*row) for row in session.execute(_outputs_statement(), {"root": root})]
+    edges += [Edge(*row) for row in session.execute(_outputs_statement(_dialect(session)), {"root": root})]
     return verify_subjects(edges)
 
 
@@ -153,4 +175,5 @@ def add_edges(session: Session, edges: list[tuple[str, str, str, str | None, str
 def _downstream_nodes(session: Session, key: str) -> set[str]:
     if not session.scalar(select(EDGES.c.id).where(EDGES.c.parent == key).limit(1)):
         return set()  # a new node (a run being recorded) has no descendants: no walk needed
-    return set(reach((Edge(*row) for row in session.execute(_edges_statement(True), {"root": key})), key, True))
+    statement = _edges_statement(True, dialect=_dialect(session))
+    return set(reach((Edge(*row) for row in session.execute(statement, {"root": key})), key, True))

@@ -7,7 +7,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from registry.db import (CheckpointRow, LineageEdgeRow, PublishedMetricRow, RunMetricRow, RunRow, RunSeriesRow,
@@ -135,14 +135,19 @@ def list_runs(session: Session, recipe: str | None = None, stage: str | None = N
         if last is None:
             raise ReproError(f"unknown run {after!r} for --after: pass the id of the last run of the previous "
                              "page (see `repro runs --json`)")
-        query = query.where(or_(RunRow.created_at < last.created_at,
-                                and_(RunRow.created_at == last.created_at, RunRow.id < last.id)))
+        # "created_at <= t" first: a range both planners read along the index (an OR alone is not).
+        query = query.where(RunRow.created_at <= last.created_at,
+                            or_(RunRow.created_at < last.created_at, RunRow.id < last.id))
     return list(session.scalars(query))
 
 
 def latest_succeeded_run(session: Session, recipe: str, stage: str, profile: str) -> RunRow | None:
+    return latest_run_with_status(session, recipe, stage, profile, "succeeded")
+
+
+def latest_run_with_status(session: Session, recipe: str, stage: str, profile: str, status: str) -> RunRow | None:
     return session.scalar(select(RunRow).where(RunRow.recipe == recipe, RunRow.stage == stage,
-                                               RunRow.profile == profile, RunRow.status == "succeeded")
+                                               RunRow.profile == profile, RunRow.status == status)
                           .order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(1))
 
 
