@@ -397,28 +397,38 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
     """The recorded runs, newest first, one page at a time."""
     import socket
 
-    from contextlib import nullcontext
-
-    from registry.database import read_scope, sqlite_file_missing
-    from registry.queries import as_utc, list_runs, stale_reason
+    from registry.light_db import runs_page
+    from registry.run_status import as_utc, stale_reason
 
     reg = registry()  # a broken recipes.json is reported by every command
     if recipe is not None and recipe not in reg.recipes and not recipe.startswith("external"):
         raise unknown("recipe", recipe, reg.recipes)
+    if limit < 1 or offset < 0:
+        raise ReproError(f"--limit must be ≥ 1 and --offset ≥ 0 (got limit {limit}, offset {offset})")
     host = socket.gethostname()
-    missing = sqlite_file_missing()  # no database yet: no runs, and nothing to create
-    with nullcontext() if missing else read_scope() as session:
-        runs = [] if missing else list_runs(session, recipe=recipe, limit=limit, offset=offset, after=after)
-        rows = []
-        for r in runs:
-            # A dead run still recorded as running is reported interrupted without writing it down;
-            # `repro db gc` (or the next `repro run`/`eval`) records it.
-            stale = stale_reason(r, host, _pid_alive)
-            rows.append({"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile,
-                         "status": "interrupted" if stale else r.status,
-                         "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
-                         "final_metrics": r.final_metrics, "deviations": r.deviations, "run_dir": r.run_dir,
-                         "error": r.error or stale, **({"stale": True} if stale else {})})
+
+    def row(r) -> dict[str, Any]:  # noqa: ANN001
+        # A dead run still recorded as running is reported interrupted without writing it down;
+        # `repro db gc` (or the next `repro run`/`eval`) records it.
+        stale = stale_reason(r, host, _pid_alive)
+        return {"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile,
+                "status": "interrupted" if stale else r.status,
+                "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
+                "final_metrics": r.final_metrics, "deviations": r.deviations, "run_dir": r.run_dir,
+                "error": r.error or stale, **({"stale": True} if stale else {})}
+
+    page = runs_page(recipe, limit, offset, after)  # sqlite3/psycopg directly: no SQLAlchemy import
+    if page is not None:
+        rows = [row(r) for r in page]
+    else:
+        from registry.database import read_scope, sqlite_file_missing
+        from registry.queries import list_runs
+
+        if sqlite_file_missing():  # no database yet: no runs, and nothing to create
+            rows = []
+        else:
+            with read_scope() as session:
+                rows = [row(r) for r in list_runs(session, recipe=recipe, limit=limit, offset=offset, after=after)]
     if as_json:
         return emit_json(rows)
     from rich.table import Table

@@ -162,3 +162,65 @@ def resolve_node(reg, target: str, exists, dataset_key, run_id) -> str:  # noqa:
     candidates = list(reg.model.checkpoints) + list(reg.model.datasets) + [
         f"{r}:{s}" for r, rec in reg.recipes.items() for s in rec.stage_names]
     raise unknown("lineage target", target, candidates)
+
+
+def _parsed(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value  # JSON is text in SQLite, parsed by psycopg
+
+
+def _when(value: Any):  # noqa: ANN202
+    from datetime import datetime
+
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def runs_page(recipe: str | None, limit: int, offset: int, after: str | None) -> list[dict[str, Any]] | None:
+    """`repro runs`'s page through sqlite3/psycopg (the same filter and order as queries.list_runs), or
+    None when this path cannot answer (no database yet, another schema, any error)."""
+    from types import SimpleNamespace
+
+    from registry.errors import ReproError
+
+    try:
+        db = connect()
+    except Exception:  # noqa: BLE001 - the SQLAlchemy path reports it properly
+        return None
+    if db is None:
+        return None
+    try:
+        try:
+            if db.value("SELECT version_num FROM alembic_version") != SCHEMA_REVISION:
+                return None
+            where, params = [], []
+            if recipe:
+                where.append("r.recipe = ?")
+                params.append(recipe)
+            if after is not None:
+                last = db.value("SELECT created_at FROM runs WHERE id = ?", (after,))
+                if last is None:
+                    raise ReproError(f"unknown run {after!r} for --after: pass the id of the last run of the "
+                                     "previous page (see `repro runs --json`)")
+                where.append("r.created_at <= ? AND (r.created_at < ? OR r.id < ?)")
+                params += [last, last, after]
+            sql = ("SELECT r.id, r.recipe, r.stage, r.profile, r.status, r.run_dir, r.created_at, r.finished_at, "
+                   "r.heartbeat_at, r.pid, r.hostname, r.final_metrics, r.error, d.body FROM runs r "
+                   "JOIN run_documents d ON d.digest = r.deviations_digest"
+                   + (" WHERE " + " AND ".join(where) if where else "")
+                   + " ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?")
+            rows = db.rows(sql, (*params, limit, offset))
+        except ReproError:
+            raise
+        except Exception:  # noqa: BLE001
+            return None
+    finally:
+        db.close()
+    keys = ("id", "recipe", "stage", "profile", "status", "run_dir", "created_at", "finished_at", "heartbeat_at",
+            "pid", "hostname", "final_metrics", "error", "deviations")
+    out = []
+    for row in rows:
+        r = dict(zip(keys, row))
+        for key in ("created_at", "finished_at", "heartbeat_at"):
+            r[key] = _when(r[key])
+        r["final_metrics"], r["deviations"] = _parsed(r["final_metrics"]), _parsed(r["deviations"])
+        out.append(SimpleNamespace(**r))
+    return out

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from sqlalchemy import delete, or_, select
@@ -14,11 +13,11 @@ from registry.db import (CheckpointRow, LineageEdgeRow, PublishedMetricRow, RunM
                          utcnow)
 from registry.errors import ReproError
 from registry.lineage import LineageNode, add_edges, lineage_edges, lineage_tree, node_exists, reachable
+from registry.run_status import STALE_AFTER, as_utc, stale_reason
 
-__all__ = ["LineageNode", "add_edges", "lineage_edges", "lineage_tree", "node_exists", "reachable"]
+__all__ = ["STALE_AFTER", "LineageNode", "add_edges", "as_utc", "lineage_edges", "lineage_tree", "node_exists",
+           "reachable", "stale_reason"]
 
-# A run whose heartbeat is older than this, on a process that is gone, is reported interrupted.
-STALE_AFTER = timedelta(minutes=10)
 
 
 def add_run(session: Session, run: RunRow, edges: list[tuple[str, str, str, str | None]]) -> None:
@@ -165,22 +164,6 @@ def published_metrics(session: Session, checkpoint: str) -> list[PublishedMetric
     return list(session.scalars(select(PublishedMetricRow).where(PublishedMetricRow.checkpoint_id == row.id)))
 
 
-def stale_reason(run: RunRow, hostname: str, pid_alive: Callable[[int], bool], now: datetime | None = None) -> str | None:
-    """Why a run recorded as 'running' is not running any more, or None while it may still be:
-    on this host, when its pid is gone; elsewhere, when its heartbeat is older than STALE_AFTER."""
-    if run.status != "running":
-        return None
-    now = now or utcnow()
-    beat = run.heartbeat_at or run.created_at
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=timezone.utc)
-    if run.hostname == hostname and run.pid is not None and not pid_alive(run.pid):
-        return "process ended without finishing (killed or crashed)"
-    if now - beat > STALE_AFTER:
-        return f"no heartbeat since {beat.isoformat(timespec='seconds')}"
-    return None
-
-
 def mark_stale_runs(session: Session, hostname: str, pid_alive: Callable[[int], bool]) -> list[str]:
     """Record runs left 'running' by a process that died as interrupted (a write: only `repro run`,
     `repro eval` and `repro db gc` call it; read commands report staleness with stale_reason)."""
@@ -199,11 +182,3 @@ def run_input_hashes(session: Session, run_id: str) -> list[LineageEdgeRow]:
     return list(session.scalars(select(LineageEdgeRow).where(
         or_(LineageEdgeRow.child == f"run:{run_id}", LineageEdgeRow.parent == f"run:{run_id}"),
         LineageEdgeRow.content_hash.is_not(None))))
-
-
-def as_utc(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat(timespec="seconds")

@@ -18,9 +18,9 @@ T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 def record_run(session, run_id: str, recipe: str = "tulu3-8b", stage: str = "sft", *, parents=(), minutes: int = 0,
                status: str = "succeeded", run_dir: str = "/nowhere", **fields) -> None:  # noqa: ANN001
     """A run row plus its edges: stage, code pin, and (parent key, relation, hash, path) inputs."""
+    fields = {"plan": {"recipe": recipe, "stage": stage}, "deviations": [], "final_metrics": {}, **fields}
     row = RunRow(id=run_id, recipe=recipe, stage=stage, profile="smoke", status=status, run_dir=run_dir,
-                 created_at=T0 + timedelta(minutes=minutes), plan={"recipe": recipe, "stage": stage},
-                 deviations=[], final_metrics={}, **fields)
+                 created_at=T0 + timedelta(minutes=minutes), **fields)
     add_run(session, row, [])
     node = f"run:{run_id}"
     edges = [(f"stage:{recipe}:{stage}", node, "executes", None, None), ("code:repro@abc123", node, "code", None, None)]

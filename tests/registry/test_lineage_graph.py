@@ -200,7 +200,7 @@ sys.exit(code)
 """
 
 
-def test_cold_lineage_imports_no_sqlalchemy_once_synced(tmp_path):
+def test_cold_lineage_and_runs_import_no_sqlalchemy_once_synced(tmp_path):
     import os
     import subprocess
     import sys
@@ -214,3 +214,6 @@ def test_cold_lineage_imports_no_sqlalchemy_once_synced(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "SQLALCHEMY=False" in again.stderr, again.stderr
     assert again.stdout == first.stdout
+    runs = subprocess.run([sys.executable, "-c", PROBE, "runs", "--json"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert runs.returncode == 0 and runs.stdout == "[]\n" and "SQLALCHEMY=False" in runs.stderr, runs.stderr

@@ -66,3 +66,28 @@ def test_runs_on_no_database_lists_nothing_and_creates_nothing(cli, isolated_hom
     code, out, err = cli("runs", "--json")
     assert code == 0 and json.loads(out) == [], err
     assert not (isolated_home / "repro.db").exists()
+
+
+def test_cold_path_pages_exactly_as_the_sqlalchemy_path(db_url, cli, monkeypatch):
+    import registry.light_db as light
+
+    _runs(db_url)
+    with session_scope(db_url) as s:  # a dead run, reported interrupted by both paths
+        record_run(s, "dead", minutes=9, status="running", pid=2 ** 22 + 11, hostname=__import__("socket").gethostname(),
+                   deviations=[{"key": "epochs", "recorded": 3, "used": 1}])
+    real, taken = light.runs_page, []
+
+    def spy(*args):  # noqa: ANN002, ANN202
+        page = real(*args)
+        taken.append(page is not None)
+        return page
+
+    for argv in (["--json"], ["--json", "--limit", "2", "--offset", "1"], ["--json", "--after", "r5"],
+                 ["--recipe", "tulu3-8b", "--limit", "2"], ["--json", "--after", "nope"], ["--limit", "3"]):
+        monkeypatch.setattr(light, "runs_page", spy)
+        cold = cli("runs", *argv)
+        monkeypatch.setattr(light, "runs_page", lambda *a: None)
+        assert cli("runs", *argv) == cold, argv
+    assert taken and all(taken)
+    code, out, _ = cli("runs", "--json", "--limit", "1")
+    assert json.loads(out)[0]["status"] == "interrupted" and json.loads(out)[0]["deviations"][0]["used"] == 1
