@@ -10,6 +10,7 @@ A value that no source states is simply absent.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
@@ -236,22 +237,21 @@ class Stage(_Strict):
     verifier_version: Literal["release-2024-11", "corrected"] | None = None
     notes: list[Note] = Field(default_factory=list)
 
-    @field_validator("hyperparameters")
-    @classmethod
-    def _canonical_keys(cls, value: dict[str, Sourced]) -> dict[str, Sourced]:
-        import difflib
+    @model_validator(mode="after")
+    def _valid_values(self) -> "Stage":
+        # The one validation layer (registry.values): the recorded value must be runnable; another source's
+        # statement (an alternative) must have the right type and range, but may describe a choice in words.
+        from registry.values import problem, stage_problem
 
-        for key, item in value.items():
-            if key not in CANONICAL_KEYS:
-                guess = difflib.get_close_matches(key, CANONICAL_KEYS, n=1)
-                hint = f"; did you mean {guess[0]!r}?" if guess else ""
-                raise ValueError(f"unknown hyperparameter key {key!r}{hint}")
-            if key in POSITIVE_INT_KEYS:
-                for candidate in [item.value] + [a.value for a in item.alternatives]:
-                    if candidate is not None and (isinstance(candidate, bool) or not isinstance(candidate, int)
-                                                  or candidate <= 0):
-                        raise ValueError(f"{key} must be a positive integer, got {candidate!r}")
-        return value
+        for key, item in self.hyperparameters.items():
+            issue = problem(key, item.value) or stage_problem(key, self.name)
+            if issue:
+                raise ValueError(f"hyperparameter {key}={item.value!r}: {issue}")
+            for alt in item.alternatives:
+                issue = problem(key, alt.value, descriptive=True)
+                if issue:
+                    raise ValueError(f"hyperparameter {key} alternative {alt.value!r}: {issue}")
+        return self
 
 
 class MetricProtocol(_Strict):
@@ -312,6 +312,9 @@ class Recipe(_Strict):
         return [s.name for s in self.stages]
 
 
+RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
 class RecipesFile(_Strict):
     schema_ref: str | None = Field(default=None, alias="$schema")
     format_version: Literal[1] = 1
@@ -321,3 +324,13 @@ class RecipesFile(_Strict):
     recipes: dict[str, Recipe]
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipe_names(cls, value: dict[str, Recipe]) -> dict[str, Recipe]:
+        # A recipe name becomes part of run ids and run directory names: no path separators, no "..".
+        for name in value:
+            if not RECIPE_NAME.match(name) or ".." in name:
+                raise ValueError(f"recipe name {name!r} is not an identifier (lower-case letters, digits, '.', "
+                                 "'_' and '-', starting with a letter or digit; e.g. 'tulu3-8b')")
+        return value

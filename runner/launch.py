@@ -66,8 +66,10 @@ def resolve_deepspeed_config(name: str) -> Path:
         if path.is_file():
             try:
                 json.loads(path.read_text())
-            except ValueError as exc:
-                raise ReproError(f"DeepSpeed config {path} is not valid JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                raise ReproError(f"DeepSpeed config {path} is not valid JSON: {str(exc).splitlines()[0]}") from None
+            except OSError as exc:
+                raise ReproError(f"cannot read DeepSpeed config {path}: {exc.strerror}") from None
             return path.resolve()
     known = sorted(DEEPSPEED_ALIASES) + sorted(p.name for p in CONFIGS.iterdir() if p.suffix in (".json", ".conf"))
     raise ReproError(f"unknown DeepSpeed config {name!r} (valid: {', '.join(known)}, or a path to a JSON file)")

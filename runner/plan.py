@@ -17,7 +17,8 @@ from typing import Any
 from registry import derive
 from registry.errors import ReproError, nearest
 from registry.recipes import Registry
-from registry.schema import CANONICAL_KEYS, POSITIVE_INT_KEYS, Recipe, Stage
+from registry import values
+from registry.schema import CANONICAL_KEYS, Recipe, Stage
 from runner import smoke, switches
 
 PROFILES = ("smoke", "recorded")
@@ -65,7 +66,8 @@ class RunPlan:
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
-    """`--set KEY=VALUE`: canonical keys only; VALUE parsed as JSON where it parses, else a string."""
+    """`--set KEY=VALUE`: canonical keys only; VALUE parsed as JSON where it parses, else a string, then
+    checked by the one validation layer (registry.values) before anything runs."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -78,14 +80,12 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
             raise ReproError(f"invalid --set {key!r}: not a canonical hyperparameter key{hint}")
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             value = raw
-        if key in POSITIVE_INT_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ReproError(f"invalid --set {key}={raw}: must be a positive integer")
-        if key in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "adam_epsilon",
-                   "dpo_beta", "kl_beta", "temperature", "label_smoothing") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ReproError(f"invalid --set {key}={raw}: must be a non-negative number")
+        try:
+            values.check_value(key, value)
+        except ValueError as exc:
+            raise ReproError(f"invalid --set {exc}") from None
         out[key] = value
     return out
 
@@ -125,6 +125,9 @@ def resolve(registry: Registry, recipe_name: str, stage_name: str, profile: str 
             override(key, value, reason)
         _smoke_stage_specific(stage, hps, recorded, override)
     for key, value in (sets or {}).items():
+        issue = values.stage_problem(key, stage_name)
+        if issue:
+            raise ReproError(f"invalid --set {key}: {issue}")
         override(key, value, "--set on the command line")
 
     effective = _effective(hps, stage_name)

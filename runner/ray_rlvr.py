@@ -99,10 +99,10 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001
     try:
         learner = ray.remote(num_cpus=1)(Learner).remote(plan, prep.paths, prep.total_opt, prep.warmup)
         engine = ray.remote(num_cpus=1)(GenerationEngine).remote(plan, prep.paths["policy"])
-        state_file = str(ctx.record.state_dir / "latest.pt")
+        state_dir, saved = str(ctx.record.state_dir), ctx.record.artifacts.get("state")
         start = 0
-        if ctx.resume and Path(state_file).exists():
-            start, engine_weights = ray.get(learner.load_state.remote(state_file))
+        if ctx.resume and saved:
+            start, engine_weights = ray.get(learner.load_state.remote(state_dir, saved))
             ray.get(engine.load_weights.remote(engine_weights))
             ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= start]
         else:
@@ -120,7 +120,7 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001
             metrics = ray.get(learner.train_step.remote(step, prep.rows_for(step, batch), responses))
             pending = learner.weights.remote()
             record_step(ctx, metrics, step, prep.steps,
-                        lambda s: ray.get(learner.save_state.remote(state_file, s, engine.weights.remote())))
+                        lambda s: ray.get(learner.save_state.remote(state_dir, s, engine.weights.remote())))
         from runner.stagekit import load_causal_lm
 
         policy = load_causal_lm(Path(prep.paths["policy"]))

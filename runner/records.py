@@ -7,13 +7,17 @@ artifact hashes), so the database can be rebuilt from the run directories.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import platform
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,6 +26,7 @@ from typing import Any
 
 from registry.database import session_scope
 from registry.db import RunRow, utcnow
+from registry.errors import ReproError, RunFailed
 from registry.hashing import dvc_hash
 from registry.queries import (add_edges, add_run, add_run_metrics, register_run_checkpoint, replace_run_series,
                               step_series, update_run)
@@ -151,30 +156,94 @@ def lineage_for(record: RunRecord) -> list[tuple[str, str, str, str | None, str 
     return edges
 
 
-def start_run(plan: RunPlan, inputs: dict[str, Any], output_dir: Path | None = None) -> RunRecord:
-    run_id = new_run_id(plan.recipe, plan.stage)
-    run_dir = output_dir.resolve() if output_dir else runs_root() / run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        import shutil
+def check_output_dir(path: Path) -> Path:
+    """`--output-dir` must be absent or an empty directory: a run never deletes or mixes into what it did
+    not create. Checked before anything is written; start_run's rename then claims the directory atomically."""
+    try:
+        resolved = path.expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        raise ReproError(f"--output-dir {path} cannot be resolved ({exc}); name a new or empty directory") from None
+    if resolved.exists() or resolved.is_symlink():
+        if not resolved.is_dir():
+            raise ReproError(f"--output-dir {path} exists and is not a directory; name a new or empty directory")
+        try:
+            occupied = next(resolved.iterdir(), None) is not None
+        except OSError as exc:
+            raise ReproError(f"--output-dir {path} cannot be read ({exc.strerror}); name a new or empty "
+                             "directory") from None
+        if occupied:
+            raise ReproError(f"--output-dir {path} is not empty; repro writes only into a new or empty directory "
+                             "and touched nothing (name another directory)")
+    return resolved
 
-        shutil.rmtree(run_dir)  # an explicit --output-dir is owned by this run (DVC outs are rebuilt)
+
+def _claim_run_dir(target: Path) -> bool:
+    """Create `target` as this run's own directory; True when it replaced an empty directory that existed.
+
+    The directory is made fresh beside the target and renamed into place: rename(2) replaces an empty
+    directory and refuses a non-empty one, so a directory that filled up after the check is never mixed into.
+    """
+    existed = target.is_dir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise ReproError(f"cannot create the run directory {target}: {exc.strerror or exc}; point --output-dir or "
+                         "REPRO_RUNS_DIR at a writable directory") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fresh, 0o777 & ~umask)  # mkdtemp makes it private; a run directory is as shareable as any other
+    try:
+        os.rename(fresh, target)
+    except OSError as exc:
+        fresh.rmdir()
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise ReproError(f"{target} is not empty; repro writes only into a new or empty directory and touched "
+                             "nothing (name another directory)") from None
+        raise ReproError(f"cannot create the run directory {target}: {exc.strerror}; point --output-dir or "
+                         "REPRO_RUNS_DIR at a writable directory") from None
+    return existed
+
+
+def _release_run_dir(target: Path, replaced_empty: bool) -> None:
+    """Undo _claim_run_dir after a failed start: the directory and all in it are this run's own."""
+    shutil.rmtree(target, ignore_errors=True)
+    if replaced_empty:
+        target.mkdir(exist_ok=True)
+
+
+def start_run(plan: RunPlan, inputs: dict[str, Any], output_dir: Path | None = None) -> RunRecord:
+    """Record a new run: its database row and lineage, and its own fresh directory with run.json.
+
+    All or nothing: the directory is claimed inside the database transaction, so a database error leaves no
+    directory behind and a directory error leaves no row."""
+    run_id = new_run_id(plan.recipe, plan.stage)
+    run_dir = check_output_dir(output_dir) if output_dir else runs_root() / run_id
     record = RunRecord(run_id=run_id, run_dir=run_dir, plan=plan, inputs=inputs)
-    record.save()
     row = RunRow(id=run_id, recipe=plan.recipe, stage=plan.stage, profile=plan.profile, status="running",
                  run_dir=str(run_dir), pid=os.getpid(), hostname=socket.gethostname(),
                  git_sha=record.code.get("git_sha"), git_dirty=record.code.get("dirty"), plan=plan.to_json(),
                  deviations=plan.deviations, final_metrics={}, heartbeat_at=utcnow())
-    with session_scope() as session:
-        add_run(session, row, [])
-        _add_edges(session, lineage_for(record))
-        if plan.profile == "smoke":
-            from registry.dvc_versions import record_fixture_versions
-            from registry.recipes import load_recipes
-            from registry.sync import sync
-            from runner.smoke import fixture_paths
+    claimed: bool | None = None
+    try:
+        with session_scope() as session:
+            add_run(session, row, [])
+            _add_edges(session, lineage_for(record))
+            if plan.profile == "smoke":
+                from registry.dvc_versions import record_fixture_versions
+                from registry.recipes import load_recipes
+                from registry.sync import sync
+                from runner.smoke import fixture_paths
 
-            sync(session, load_recipes())  # dataset rows must exist before their versions
-            record_fixture_versions(session, fixture_paths())
+                sync(session, load_recipes())  # dataset rows must exist before their versions
+                record_fixture_versions(session, fixture_paths())
+            session.flush()
+            claimed = _claim_run_dir(run_dir)
+            record.save()
+    except BaseException:
+        if claimed is not None:
+            _release_run_dir(run_dir, claimed)
+        raise
     return record
 
 
@@ -194,6 +263,16 @@ def resume_run(record: RunRecord) -> None:
                    heartbeat_at=utcnow(), error=None, finished_at=None)
 
 
+def commit_state(record: RunRecord, ref: dict[str, Any]) -> None:
+    """Record a newly saved resumable state in run.json, then drop the older state files: a kill at any
+    point leaves run.json naming a complete file (runner/state.py)."""
+    from runner import state
+
+    record.artifacts["state"] = ref
+    record.save()
+    state.prune(record.state_dir, ref["file"])
+
+
 def heartbeat(record: RunRecord) -> None:
     record.save()
     with session_scope() as session:
@@ -201,25 +280,41 @@ def heartbeat(record: RunRecord) -> None:
 
 
 def finish_run(record: RunRecord, status: str, error: str | None = None) -> None:
+    """End the run in the database first, then in run.json, so that the two never disagree: when the
+    database refuses, run.json says the run failed and why, and the caller gets one line (exit 1)."""
+    bad = next(((k, v) for k, v in record.final_metrics.items() if isinstance(v, float) and not math.isfinite(v)),
+               None)
+    if bad is not None:  # nothing non-finite reaches the database
+        record.final_metrics = {k: v for k, v in record.final_metrics.items()
+                                if not (isinstance(v, float) and not math.isfinite(v))}
+        if status == "succeeded":
+            status, error = "failed", f"final metric {bad[0]} is not finite ({bad[1]})"
     record.status, record.error = status, error
     record.finished_at = utcnow().isoformat(timespec="seconds")
     if status == "succeeded" and record.checkpoint_dir.exists():
         record.artifacts["checkpoint"] = dvc_hash(record.checkpoint_dir)
+    try:
+        with session_scope() as session:
+            update_run(session, record.run_id, status=status, error=error, finished_at=utcnow(),
+                       final_metrics=record.final_metrics, heartbeat_at=utcnow())
+            # Per-step values: one series row per metric (steps.tsv and run.json hold them too).
+            replace_run_series(session, record.run_id, step_series(record.steps))
+            add_run_metrics(session, record.run_id, [
+                {"name": name, "value": value, "kind": "final"} for name, value in record.final_metrics.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)])
+            if status == "succeeded" and "checkpoint" in record.artifacts:
+                name = f"run:{record.run_id}"
+                register_run_checkpoint(session, record.run_id, name, str(record.checkpoint_dir),
+                                        record.plan.stage, record.artifacts["checkpoint"])
+                _add_edges(session, [(f"run:{record.run_id}", f"checkpoint:{name}", "output",
+                                      record.artifacts["checkpoint"], str(record.checkpoint_dir))])
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        record.status, record.error = "failed", f"the database did not record the run's end ({status}): {reason}"
+        record.save()
+        raise RunFailed(f"run {record.run_id} ended {status}, but the database did not record it: {reason} "
+                        f"(run.json in {record.run_dir} keeps the result)") from None
     record.save()
-    with session_scope() as session:
-        update_run(session, record.run_id, status=status, error=error, finished_at=utcnow(),
-                   final_metrics=record.final_metrics, heartbeat_at=utcnow())
-        # Per-step values: one series row per metric (steps.tsv and run.json hold them too), not a row per value.
-        replace_run_series(session, record.run_id, step_series(record.steps))
-        add_run_metrics(session, record.run_id, [
-            {"name": name, "value": value, "kind": "final"} for name, value in record.final_metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)])
-        if status == "succeeded" and "checkpoint" in record.artifacts:
-            name = f"run:{record.run_id}"
-            register_run_checkpoint(session, record.run_id, name, str(record.checkpoint_dir), record.plan.stage,
-                                    record.artifacts["checkpoint"])
-            _add_edges(session, [(f"run:{record.run_id}", f"checkpoint:{name}", "output",
-                                  record.artifacts["checkpoint"], str(record.checkpoint_dir))])
 
 
 def import_run(run_dir: Path) -> bool:

@@ -47,6 +47,8 @@ def run_cmd(
     profile: str = typer.Option("recorded", "--profile", help="recorded (default) or smoke"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and launch command; run nothing."),
     resume: bool = typer.Option(False, "--resume", help="Continue the latest interrupted run of this stage."),
+    resume_run: Optional[str] = typer.Option(None, "--resume-run", metavar="RUN_ID",
+                                             help="Continue this run (interrupted or failed) by its id."),
     sets: list[str] = typer.Option([], "--set", help="KEY=VALUE override of a canonical hyperparameter."),
     inputs: list[str] = typer.Option([], "--input", help="ROLE=PATH_OR_RUN: substitute an input checkpoint."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the run directory here."),
@@ -67,6 +69,17 @@ def run_cmd(
     reg.stage(recipe, stage)
     if launcher not in ("local", "accelerate"):
         raise ReproError(f"unknown launcher {launcher!r} (valid: local, accelerate)")
+    if deepspeed is not None:
+        from runner.launch import resolve_deepspeed_config
+
+        resolve_deepspeed_config(deepspeed)  # validated whatever the launcher: a bad name is bad input
+        if launcher != "accelerate":
+            raise ReproError(f"--deepspeed {deepspeed} needs --launcher accelerate (the local launcher runs one "
+                             "process without DeepSpeed)")
+    if output_dir is not None:
+        from runner.records import check_output_dir
+
+        check_output_dir(output_dir)
     overrides = parse_sets(sets)
     substitutes = _parse_inputs(inputs)
     plan = resolve(reg, recipe, stage, profile, overrides)
@@ -97,8 +110,8 @@ def run_cmd(
     from runner.execute import execute, preflight, resolve_inputs
 
     resume_record = None
-    if resume:
-        resume_record = _resumable(recipe, stage, profile)
+    if resume or resume_run is not None:
+        resume_record = _resumable(recipe, stage, profile, resume_run)
         plan = resume_record.plan
         resolved = resume_record.inputs
     else:
@@ -125,30 +138,41 @@ def run_cmd(
     out.print(f"{len(record.plan.deviations)} deviations from the recording (repro runs / run.json)")
 
 
-def _resumable(recipe: str, stage: str, profile: str):  # noqa: ANN202
-    import socket
+def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):  # noqa: ANN202
+    """The run `--resume` continues: the newest interrupted run of this stage, or the run named by id.
 
-    from sqlalchemy import select
+    A failed run is resumed only when named: it may have failed on bad input, and continuing it silently
+    would hide that."""
+    import socket
 
     from registry.cli import _pid_alive
     from registry.database import session_scope
-    from registry.db import RunRow
-    from registry.queries import mark_stale_runs
+    from registry.queries import get_run, latest_run_with_status, mark_stale_runs
     from runner.records import RunRecord
 
     with session_scope() as session:
         mark_stale_runs(session, socket.gethostname(), _pid_alive)
-        row = session.scalar(select(RunRow).where(RunRow.recipe == recipe, RunRow.stage == stage,
-                                                  RunRow.profile == profile,
-                                                  RunRow.status.in_(("interrupted", "failed")))
-                             .order_by(RunRow.created_at.desc()).limit(1))
-        if row is None:
-            raise ReproError(f"no interrupted run of {recipe}:{stage} ({profile}) to resume; start one without --resume")
-        run_dir = Path(row.run_dir)
-    if not (run_dir / "state" / "latest.pt").exists():
-        raise ReproError(f"run {row.id} saved no resumable state (it died before its first checkpoint); "
+        if run_id is not None:
+            row = get_run(session, run_id)
+            if row is None or (row.recipe, row.stage, row.profile) != (recipe, stage, profile):
+                raise ReproError(f"no run {run_id!r} of {recipe}:{stage} ({profile}) to resume; see `repro runs`")
+            if row.status not in ("interrupted", "failed"):
+                raise ReproError(f"run {run_id} is {row.status}; only an interrupted or failed run can resume")
+        else:
+            row = latest_run_with_status(session, recipe, stage, profile, "interrupted")
+            if row is None:
+                raise ReproError(f"no interrupted run of {recipe}:{stage} ({profile}) to resume; start one without "
+                                 "--resume, or name a failed run with --resume-run RUN_ID")
+        found, run_dir = row.id, Path(row.run_dir)
+    try:
+        record = RunRecord.load(run_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReproError(f"run {found} cannot resume: its record {run_dir / 'run.json'} is unreadable ({exc})") from None
+    if not record.artifacts.get("state"):
+        every = record.plan.extra.get("checkpoint_every", 10)
+        raise ReproError(f"run {found} saved no resumable state (state is first saved after update {every}); "
                          "start a new run")
-    return RunRecord.load(run_dir)
+    return record
 
 
 def _run_multiprocess(plan, inputs, num_processes: int, deepspeed: str | None, output_dir):  # noqa: ANN001, ANN202

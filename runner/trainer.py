@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from runner import schedules
+from runner import schedules, state
 
 StepMetrics = dict[str, float]
 LossFn = Callable[[list[dict[str, Any]], int], tuple[torch.Tensor, StepMetrics]]
@@ -141,11 +141,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def save_state(self, extra: dict[str, Any]) -> None:
+    def save_state(self, extra: dict[str, Any]) -> dict[str, Any] | None:
+        """Write the resumable state (runner/state.py: safetensors + JSON, never a pickle); return its
+        reference for the run record, or None on ranks that do not own the record."""
         if self.accelerator is not None and not self.accelerator.is_main_process:
-            return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        state = {
+            return None
+        tree = {
             "update": self.update,
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             # Under ZeRO each rank holds only its optimizer partition; rank 0's alone cannot resume the run,
@@ -155,28 +156,29 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "extra": extra,
         }
-        tmp = self.state_dir / "latest.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_dir / "latest.pt")
+        return state.save(self.state_dir, self.update, tree)
 
-    def load_state(self) -> dict[str, Any] | None:
-        path = self.state_dir / "latest.pt"
-        if not path.exists():
+    def load_state(self, ref: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Restore the state the run record names (None: there is none, start fresh)."""
+        from registry.errors import ReproError
+
+        if ref is None:
             return None
-        state = torch.load(path, weights_only=False)
+        try:
+            saved = state.load(self.state_dir, ref)
+        except state.StateError as exc:
+            raise ReproError(f"cannot resume: {exc}; start a new run") from None
+        if saved["optimizer"] is None or self.engine is not None:
+            raise ReproError(f"{self.state_dir} was written by a DeepSpeed run (or this is one): its partitioned "
+                             "optimizer state was not saved, so it cannot resume; start a new run")
         for key, module in self.modules.items():
-            module.load_state_dict(state["modules"][key])
-        if state["optimizer"] is None or self.engine is not None:
-            from registry.errors import ReproError
-
-            raise ReproError(f"{path} was written by a DeepSpeed run (or this is one): its partitioned optimizer "
-                             "state was not saved, so it cannot resume; start a new run")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        self.update = state["update"]
-        return state["extra"]
+            module.load_state_dict(saved["modules"][key])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        random.setstate(saved["rng"]["python"])
+        self.update = saved["update"]
+        return saved["extra"]
 
     # ------------------------------------------------------------------ one update
 
@@ -286,18 +288,34 @@ def fault_injection(update: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def require_finite(metrics: StepMetrics) -> None:
+    """A loss or metric that is NaN or infinite ends the run as failed, naming the step; it never reaches
+    the record or the database."""
+    from registry.errors import RunFailed
+
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RunFailed(f"{key} became {value} at step {int(metrics.get('step', 0))}; the run stops as "
+                            "failed (try a lower learning_rate)")
+
+
 def run_updates(trainer: Trainer, loss_fn: LossFn, batches_for: Callable[[int], list[list[dict[str, Any]]]],
                 on_step: Callable[[StepMetrics], None], save_extra: Callable[[], dict[str, Any]],
-                progress=None) -> Iterator[StepMetrics]:  # noqa: ANN001
-    """Drive updates from trainer.update to total_updates, saving resumable state every few updates."""
+                progress=None, on_state: Callable[[dict[str, Any]], None] | None = None,
+                ) -> Iterator[StepMetrics]:  # noqa: ANN001
+    """Drive updates from trainer.update to total_updates, saving resumable state every few updates;
+    `on_state` receives each saved state's reference (the run record keeps it)."""
     cfg = trainer.config
     while trainer.update < cfg.run_updates:
         started = time.perf_counter()
         metrics = trainer.step(batches_for(trainer.update), loss_fn)
         metrics["seconds"] = time.perf_counter() - started
+        require_finite(metrics)
         on_step(metrics)
         if trainer.update % cfg.checkpoint_every == 0 or trainer.update == cfg.run_updates:
-            trainer.save_state(save_extra())
+            ref = trainer.save_state(save_extra())
+            if ref is not None and on_state is not None:
+                on_state(ref)
         if progress is not None:
             progress(metrics)
         fault_injection(trainer.update)

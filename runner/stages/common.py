@@ -7,7 +7,7 @@ from typing import Any, Callable
 from runner import schedules
 from runner.stagekit import StageContext, tensorboard_writer
 from runner.trainer import LoopConfig, Trainer, epoch_order, micro_batches, run_updates, updates_for
-from runner.records import heartbeat
+from runner.records import commit_state, heartbeat
 
 
 def warmup_convention(plan) -> str:  # noqa: ANN001
@@ -76,7 +76,7 @@ def run_loop(ctx: StageContext, trainer: Trainer, examples: list[Any], loss_fn: 
 
 
 def drive(ctx: StageContext, trainer: Trainer, loss_fn: Callable, batches_for: Callable[[int], list]) -> None:
-    if ctx.resume and trainer.load_state() is not None:
+    if ctx.resume and trainer.load_state(ctx.record.artifacts.get("state")) is not None:
         ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= trainer.update]
     else:
         ctx.record.steps = []
@@ -91,7 +91,8 @@ def drive(ctx: StageContext, trainer: Trainer, loss_fn: Callable, batches_for: C
         if ctx.is_main and metrics["step"] % trainer.config.checkpoint_every == 0:
             heartbeat(ctx.record)
 
-    for _ in run_updates(trainer, loss_fn, batches_for, on_step, lambda: {}, ctx.progress):
+    on_state = (lambda ref: commit_state(ctx.record, ref)) if ctx.is_main else None
+    for _ in run_updates(trainer, loss_fn, batches_for, on_step, lambda: {}, ctx.progress, on_state):
         pass
     if writer is not None:
         writer.close()

@@ -31,15 +31,15 @@ from typing import Any
 import torch
 
 from registry.errors import ReproError
-from runner import losses, schedules, verifiers
+from runner import losses, schedules, state, verifiers
 from runner.data.fixtures import load_fixture
 from runner.data.templates import render
 from runner.generation import generate
 from runner.stagekit import (StageContext, input_path, load_causal_lm, load_tokenizer, save_checkpoint,
                              set_determinism, write_metrics_file)
 from runner.stages.rm import load_reward_model
-from runner.trainer import epoch_order, fault_injection
-from runner.records import heartbeat
+from runner.trainer import epoch_order, fault_injection, require_finite
+from runner.records import commit_state, heartbeat
 
 LOGIT_EPS = 1e-7  # logits / (T + 1e-7), as the recorded trainer computed log-probs
 
@@ -149,22 +149,25 @@ class Learner:
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.policy.state_dict().items()}
 
-    def save_state(self, path: str, step: int, generator: dict[str, torch.Tensor]) -> None:
-        state = {k: o.state_dict() for k, o in self._stateful().items()}
-        state.update({"generator": generator, "step": step, "rng": torch.get_rng_state(),
-                      "python_rng": random.getstate()})
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
+    def save_state(self, state_dir: str, step: int, generator: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Write the resumable state (runner/state.py: safetensors + JSON, never a pickle); return its
+        reference for the run record."""
+        tree: dict[str, Any] = {k: o.state_dict() for k, o in self._stateful().items()}
+        tree.update({"generator": generator, "step": step, "rng": torch.get_rng_state(),
+                     "python_rng": random.getstate()})
+        return state.save(Path(state_dir), step, tree)
 
-    def load_state(self, path: str) -> tuple[int, dict[str, torch.Tensor]]:
-        """Restore and return (step, the engine's weights at that step)."""
-        state = torch.load(path, weights_only=False)
+    def load_state(self, state_dir: str, ref: dict[str, Any]) -> tuple[int, dict[str, torch.Tensor]]:
+        """Restore the state the run record names; return (step, the engine's weights at that step)."""
+        try:
+            saved = state.load(Path(state_dir), ref)
+        except state.StateError as exc:
+            raise ReproError(f"cannot resume: {exc}; start a new run") from None
         for key, obj in self._stateful().items():
-            obj.load_state_dict(state[key])
-        torch.set_rng_state(state["rng"])
-        random.setstate(state["python_rng"])
-        return state["step"], state["generator"]
+            obj.load_state_dict(saved[key])
+        torch.set_rng_state(saved["rng"])
+        random.setstate(saved["python_rng"])
+        return saved["step"], saved["generator"]
 
     def train_step(self, step: int, rows: list[dict[str, Any]], response_ids: list[list[int]]) -> dict[str, float]:
         """Score the sampled responses and run the PPO epochs (steps 3-7 of the module docstring)."""
@@ -303,10 +306,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     prep = setup(ctx)
     learner = Learner(plan, prep.paths, prep.total_opt, prep.warmup)
     engine = GenerationEngine(plan, prep.paths["policy"])
-    state_file = str(ctx.record.state_dir / "latest.pt")
+    state_dir, saved = str(ctx.record.state_dir), ctx.record.artifacts.get("state")
     start = 0
-    if ctx.resume and Path(state_file).exists():
-        start, engine_weights = learner.load_state(state_file)
+    if ctx.resume and saved:
+        start, engine_weights = learner.load_state(state_dir, saved)
         engine.load_weights(engine_weights)
         ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= start]
     else:
@@ -319,16 +322,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         engine.load_weights(pending)  # async mode: the engine samples one update behind the learner
         metrics = learner.train_step(step, rows, responses)
         pending = learner.weights()
-        record_step(ctx, metrics, step, prep.steps, lambda s: learner.save_state(state_file, s, engine.weights()))
+        record_step(ctx, metrics, step, prep.steps, lambda s: learner.save_state(state_dir, s, engine.weights()))
     return finish(ctx, prep, learner.policy)
 
 
 def record_step(ctx: StageContext, metrics: dict[str, float], step: int, steps: int, save) -> None:  # noqa: ANN001
+    """Keep one PPO step's metrics; every 5 steps `save(step)` writes the state, which the record keeps."""
+    require_finite(metrics)
     ctx.record.steps.append(metrics)
     if ctx.progress:
         ctx.progress(metrics)
     if (step + 1) % 5 == 0 or step + 1 == steps:
-        save(step + 1)
+        commit_state(ctx.record, save(step + 1))
         heartbeat(ctx.record)
     fault_injection(step + 1)
 
