@@ -552,6 +552,13 @@ def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
     except click_errors.ClickException as exc:
         sys.stderr.write(f"error: {exc.format_message()}\n")
         return exc.exit_code
+    except OSError as exc:  # an environment fault no command anticipated is still one line, never a traceback
+        if os.environ.get("REPRO_DEBUG") == "1":
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"error: {exc.strerror or exc}{where}; check that the path exists, is writable and has "
+                         "free space (REPRO_DEBUG=1 for the traceback)\n")
+        return 2
 
 
 def main() -> None:

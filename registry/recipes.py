@@ -65,6 +65,8 @@ def parse_text(text: str, origin: str = "recipes.json") -> tuple[RecipesFile, di
         raise ReproError(f"{origin}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except ReproError as exc:
         raise ReproError(f"{origin}: {exc}") from None
+    except RecursionError:
+        raise ReproError(f"{origin}: JSON nested too deeply to be a recipes file") from None
     try:
         model = RecipesFile.model_validate(raw)
     except ValidationError as exc:
@@ -121,6 +123,12 @@ def load_recipes(path: str | Path | None = None) -> Registry:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReproError(f"recipes file not found: {path}") from None
+    except IsADirectoryError:
+        raise ReproError(f"recipes file {path} is a directory; point REPRO_RECIPES at a recipes.json file") from None
+    except OSError as exc:
+        raise ReproError(f"cannot read recipes file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ReproError(f"recipes file {path} is not UTF-8 text (byte {exc.start})") from None
     return _load_cached(str(path), text)
 
 

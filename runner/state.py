@@ -107,10 +107,14 @@ def load(state_dir: Path, ref: dict[str, Any] | None) -> dict[str, Any]:
     if digest != ref["sha256"]:
         raise StateError(f"state file {path} hashes to {digest[:12]}, not the recorded {ref['sha256'][:12]}: "
                          "it was altered after the run saved it")
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    metadata = json.loads(blob[8:8 + header_len]).get("__metadata__", {})
-    tensors = load_tensors(blob)
-    return _decode(json.loads(metadata["repro_state"]), tensors)
+    try:
+        (header_len,) = struct.unpack("<Q", blob[:8])
+        metadata = json.loads(blob[8:8 + header_len]).get("__metadata__") or {}
+        skeleton = json.loads(metadata["repro_state"])
+        tensors = load_tensors(blob)
+        return _decode(skeleton, tensors)
+    except Exception as exc:  # safetensors raises its own error type; any failure here means "not ours"
+        raise StateError(f"state file {path} is not a state file this tool wrote ({type(exc).__name__})") from None
 
 
 def prune(state_dir: Path, keep: str) -> None:

@@ -118,6 +118,8 @@ def read_jsonl(path: str | Path, skip_blank: bool = False) -> list[tuple[int, An
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise FixtureError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise FixtureError(f"{path}: not UTF-8 text (byte {e.start}); JSONL rows must be UTF-8") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -128,6 +130,8 @@ def read_jsonl(path: str | Path, skip_blank: bool = False) -> list[tuple[int, An
             rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise FixtureError(f"{path} row {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise FixtureError(f"{path} row {n}: JSON nested too deeply to be a dataset row") from None
     if not rows:
         raise FixtureError(f"{path}: no rows")
     return rows

@@ -58,7 +58,7 @@ def test_recorded_profile_stops_before_loading_anything(cli, isolated_home):
      "must be a positive integer"),
     (["run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--set", "learning_rate"], "expected KEY=VALUE"),
     (["run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--set", "learning_rate=fast"],
-     "must be a non-negative number"),
+     "must be a finite number > 0"),
     (["run", "tulu3-8b", "--stage", "dpo", "--profile", "smoke"],
      "run `repro run tulu3-8b --stage sft --profile smoke` first"),
     (["run", "tulu3-8b", "--stage", "rlvr", "--profile", "smoke"], "--profile smoke` first"),
