@@ -52,6 +52,9 @@ def _run_checkpoint(run) -> Path:  # noqa: ANN001
     if not (path / "config.json").is_file():
         raise ReproError(f"run {run.id} has no checkpoint at {path} (status {run.status}); "
                          "evaluate a run that saved one, or pass a model directory")
+    from runner.records import verify_checkpoint
+
+    verify_checkpoint(path, f"run {run.id}")  # metrics of altered weights must not be recorded as the run's
     return path
 
 
@@ -65,6 +68,9 @@ def resolve_target(session, target: str) -> Target:  # noqa: ANN001
     local = Path(target).expanduser()
     if local.exists():
         path = check_model_dir(local).resolve()
+        from runner.records import verify_checkpoint
+
+        verify_checkpoint(path, f"the run at {path.parent}")  # a run's checkpoint named by path: same check
         record = path / "repro-conversion.json"  # a converted copy names the checkpoint it came from
         derived = json.loads(record.read_text()).get("checkpoint") if record.is_file() else None
         return Target(path=path, label=target, node=f"checkpoint:{path}", published_checkpoint=derived)
@@ -232,12 +238,13 @@ def _eval_published(target: str, tasks: str | None, limit: int | None, threads: 
     from registry.queries import add_run_metrics, replace_eval_metrics
     from runner.evaltasks.run import pick_tasks, run_published
 
+    pick_tasks(None, tasks)  # bad task names fail here, before anything is fetched or written
     with session_scope() as session:
         tgt = resolve_target(session, target)
         if tgt.run_id is not None:  # a run's own checkpoint: its metrics go to that run
             run_dir = Path(session.get(RunRow, tgt.run_id).run_dir)
     family = tgt.plan.get("family") or "smollm2"
-    pick_tasks(family, tasks)  # bad task names fail here, before the model loads
+    pick_tasks(family, tasks)
     # Progress goes to stderr, so --json keeps stdout one document.
     result = run_published(tgt.path, family=family, tasks=tasks, limit=limit, threads=threads, progress=True)
     metrics = [{"name": m["name"], "value": m["value"], "kind": "eval", "protocol": m["protocol"]}

@@ -22,7 +22,7 @@ from registry.hashing import dvc_hash
 from registry.queries import get_run, latest_succeeded_run
 from registry.recipes import Registry
 from runner.plan import RunPlan
-from runner.records import RunRecord, finish_run, resume_run, start_run
+from runner.records import RunRecord, finish_run, resume_run, start_run, verify_checkpoint
 
 STAGE_MODULES = {"sft": "runner.stages.sft", "dpo": "runner.stages.dpo", "rm": "runner.stages.rm",
                  "rlvr": "runner.stages.rlvr", "pretrain": "runner.stages.pretrain"}
@@ -61,8 +61,10 @@ def resolve_inputs(registry: Registry, plan: RunPlan, overrides: dict[str, str])
                 raise ReproError(f"input {role} ({checkpoint}) of {plan.recipe}:{plan.stage} does not exist yet; "
                                  f"run `repro run {p_recipe} --stage {p_stage} --profile smoke` first")
             run_id, path = run.id, Path(run.run_dir) / "checkpoint"
-        _verify_checkpoint(path, run_id)
-        out[role].update({"run_id": run_id, "path": str(path), "content_hash": dvc_hash(path)})
+        if not (path.parent / "run.json").is_file():
+            raise ReproError(f"checkpoint of run {run_id} is missing at {path}; rerun that stage")
+        digest = verify_checkpoint(path, f"run {run_id}") or dvc_hash(path)
+        out[role].update({"run_id": run_id, "path": str(path), "content_hash": digest})
     for role, value in overrides.items():
         if role not in out:
             out[role] = {"checkpoint": roles.get(role, "substitute"), **_substitute(value, roles.get(role), registry)}
@@ -88,8 +90,9 @@ def _substitute(value: str, checkpoint: str | None, registry: Registry) -> dict[
     own = _own_output(path, checkpoint, registry)
     if own is not None:
         return own
+    digest = verify_checkpoint(path, f"run {run_id}" if run_id else f"--input {value}") or dvc_hash(path)
     return {"path": str(path.resolve()), "run_id": run_id, "substituted": True, "substitutes": checkpoint,
-            "content_hash": dvc_hash(path)}
+            "content_hash": digest}
 
 
 def _own_output(path: Path, checkpoint: str | None, registry: Registry) -> dict[str, Any] | None:
@@ -100,27 +103,13 @@ def _own_output(path: Path, checkpoint: str | None, registry: Registry) -> dict[
     record = json.loads(record_file.read_text())
     if record.get("status") != "succeeded" or f"{record.get('recipe')}:{record.get('stage')}" != ckpt.produced_by:
         return None
-    digest = dvc_hash(path)
-    if record.get("artifacts", {}).get("checkpoint") != digest:
-        raise ReproError(f"checkpoint {path} does not match the hash its run.json recorded; rerun that stage")
+    digest = verify_checkpoint(path, f"run {record.get('run_id')}")
+    if digest is None:
+        return None
     from runner.records import import_run
 
     import_run(path.parent)
     return {"path": str(path.resolve()), "run_id": record["run_id"], "content_hash": digest}
-
-
-def _verify_checkpoint(path: Path, run_id: str) -> None:
-    """Refuse a checkpoint whose files no longer hash to what its run recorded."""
-    record_file = path.parent / "run.json"
-    if not path.exists() or not record_file.exists():
-        raise ReproError(f"checkpoint of run {run_id} is missing at {path}; rerun that stage")
-    recorded = json.loads(record_file.read_text()).get("artifacts", {}).get("checkpoint")
-    if recorded is None:
-        return
-    actual = dvc_hash(path)
-    if actual != recorded:
-        raise ReproError(f"checkpoint of run {run_id} at {path} is corrupted: hash {actual[:12]} does not match "
-                         f"the recorded {recorded[:12]}; rerun that stage")
 
 
 def preflight(plan: RunPlan) -> None:

@@ -263,6 +263,28 @@ def resume_run(record: RunRecord) -> None:
                    heartbeat_at=utcnow(), error=None, finished_at=None)
 
 
+def verify_checkpoint(path: Path, owner: str) -> str | None:
+    """Refuse a checkpoint whose files no longer hash to what the run that wrote it recorded (its run.json
+    beside it). Every consumer of a run's checkpoint (a later stage, `--input`, `repro eval`) calls this
+    first. Returns the verified digest, or None for a directory no run of this tool recorded."""
+    record_file = path.parent / "run.json"
+    if not path.is_dir():
+        raise ReproError(f"checkpoint of {owner} is missing at {path}; rerun that stage")
+    if not record_file.is_file():
+        return None
+    try:
+        recorded = json.loads(record_file.read_text()).get("artifacts", {}).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        raise ReproError(f"the run record beside checkpoint {path} is unreadable; rerun that stage") from None
+    if recorded is None:
+        return None
+    actual = dvc_hash(path)
+    if actual != recorded:
+        raise ReproError(f"checkpoint of {owner} at {path} was altered: hash {actual[:12]} does not match the "
+                         f"recorded {recorded[:12]}; rerun that stage")
+    return actual
+
+
 def commit_state(record: RunRecord, ref: dict[str, Any]) -> None:
     """Record a newly saved resumable state in run.json, then drop the older state files: a kill at any
     point leaves run.json naming a complete file (runner/state.py)."""

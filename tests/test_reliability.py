@@ -232,6 +232,22 @@ def test_dpo_into_its_parents_run_directory_keeps_the_parent(cli, isolated_home)
     assert (sft_dir / "checkpoint" / "model.safetensors").read_bytes() == weights
 
 
+def test_every_consumer_of_an_altered_checkpoint_refuses_it(cli, isolated_home):
+    code, out, err = cli(*SFT, "--max-steps", "2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    weights = Path(summary["run_dir"]) / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    for argv in (["eval", summary["run_id"], "--suite", "heldout"],
+                 ["eval", str(weights.parent), "--suite", "heldout"],
+                 ["run", "tulu3-8b", "--stage", "dpo", "--profile", "smoke", "--max-steps", "1"],
+                 ["run", "tulu3-8b", "--stage", "dpo", "--profile", "smoke", "--max-steps", "1", "--input",
+                  f"init={summary['run_id']}"]):
+        _assert_refused(cli, isolated_home, argv, "was altered")
+    code, out, _ = cli("runs", "--json")
+    assert [r["id"] for r in json.loads(out)] == [summary["run_id"]]  # no eval or DPO run was recorded
+
+
 # ---------------------------------------------------------------- failures of the run itself
 
 
