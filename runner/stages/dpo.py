@@ -129,6 +129,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     reference = None
     cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    batch_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
     if loss_type != "simpo":
         frozen = copy.deepcopy(policy).eval()
         for p in frozen.parameters():
@@ -139,9 +140,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
             # every epoch; one pair per forward gives the same bits as the live reference at pd = 1.
             needed = sorted({j for u in range(cfg.run_updates) for mb in batches_for(u) for j in mb})
             with torch.no_grad():
-                for j in needed:
-                    rc, rr = concatenated_logps(frozen, [pairs[j]], pad, average)
-                    cache[j] = (rc[0], rr[0])
+                if trl_cut is not False:
+                    # TRL 0.12's cut depends on the whole micro-batch, so a pair's reference log-probs do
+                    # too: cache per micro-batch, computed as the live reference computes it.
+                    for mb in sorted({tuple(mb) for u in range(cfg.run_updates) for mb in batches_for(u)}):
+                        batch_cache[mb] = concatenated_logps(frozen, [pairs[j] for j in mb], pad, average, trl_cut)
+                else:
+                    for j in needed:
+                        rc, rr = concatenated_logps(frozen, [pairs[j]], pad, average)
+                        cache[j] = (rc[0], rr[0])
             del frozen
         else:
             reference = frozen
@@ -157,6 +164,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         elif reference is not None:
             with torch.no_grad():
                 rc, rr = concatenated_logps(reference, batch, pad, average, trl_cut)
+        elif batch_cache:
+            rc, rr = batch_cache[tuple(batch_ids)]
         else:
             rc = torch.stack([cache[j][0] for j in batch_ids])
             rr = torch.stack([cache[j][1] for j in batch_ids])
