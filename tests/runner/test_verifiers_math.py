@@ -12,6 +12,14 @@ from runner.verifiers import score, validate_ground_truth
 
 R, C = "release-2024-11", "corrected"
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_workers():
+    # Installs the release-era site directory on a fresh machine (PyPI) and starts one worker per mode,
+    # so that the timing assertions below measure verification, not start-up.
+    for pool in MS.POOLS.values():
+        pool.release(pool.acquire())
+
 # (response, ground_truth, release, corrected)
 MATH = [
     (r"The answer is $\boxed{5}$.", "5", 1, 1),
@@ -211,8 +219,6 @@ def test_sympy_timeout_is_bounded(monkeypatch):
 @pytest.mark.parametrize("version", [R, C])
 def test_time_limit_bounds_the_whole_answer(version):
     # issue 10: two candidates (boxed, raw and normalised) each ran 5 s before: 10.2 s in all
-    for w in MS.POOLS.values():  # warm workers: start-up is not part of the limit
-        w.release(w.acquire())
     t0 = time.perf_counter()
     assert score("math", r"\boxed{\int_0^1 x^{10^{8}} dx}", "1", version) == 0.0
     assert time.perf_counter() - t0 < MS.TIME_LIMIT_S + MS.KILL_GRACE_S + 1.0
@@ -307,3 +313,15 @@ def test_ifeval_delimited_count_matches_regex():
         assert _count_delimited(s, "*", "*") == len(re.findall(r"\*(.*?)\*", s)), s
         assert _count_delimited(s, "[", "]") == len(re.findall(r"\[(.*?)\]", s)), s
         assert _count_delimited(s, "<<", ">>") == len(re.findall(r"<<(.*?)>>", s)), s
+
+
+def test_release_site_is_the_pinned_one(tmp_path, monkeypatch):
+    site = MS.release_site()
+    assert (site / ".complete").read_text().split() == list(MS.RELEASE_PINS)
+    assert (site / "sympy").is_dir() and (site / "antlr4").is_dir()
+    # a prepared directory can stand in for the download; a wrong one is refused in one line
+    monkeypatch.setenv("REPRO_MATH_RELEASE_SITE", str(site))
+    assert MS.release_site() == site
+    monkeypatch.setenv("REPRO_MATH_RELEASE_SITE", str(tmp_path))
+    with pytest.raises(MS.MathReleaseEnvError, match="lacks sympy or antlr4"):
+        MS.release_site()
