@@ -153,9 +153,15 @@ def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord |
     try:
         module.run(ctx)
     except KeyboardInterrupt:
-        finish_run(record, "interrupted", "interrupted (SIGINT/SIGTERM); resume with --resume")
-        raise RunFailed(f"run {record.run_id} interrupted; resume with `repro run {plan.recipe} --stage "
-                        f"{plan.stage} --profile {plan.profile} --resume`") from None
+        if record.artifacts.get("state"):
+            step = record.artifacts["state"].get("step")
+            hint = (f"resume from update {step} with `repro run {plan.recipe} --stage {plan.stage} --profile "
+                    f"{plan.profile} --resume`")
+        else:  # promising --resume here would send the user to a refusal
+            hint = (f"no resumable state was saved yet (the first is saved after update {first_state_update(plan.stage)}"
+                    "); start a new run")
+        finish_run(record, "interrupted", f"interrupted (SIGINT/SIGTERM); {hint}")
+        raise RunFailed(f"run {record.run_id} interrupted; {hint}") from None
     except ReproError as exc:
         finish_run(record, "failed", str(exc))
         raise
@@ -169,6 +175,15 @@ def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord |
         signal.signal(signal.SIGTERM, previous)
     finish_run(record, "succeeded")
     return record
+
+
+def first_state_update(stage: str) -> int:
+    """After which update a stage first saves resumable state (what a resume can start from)."""
+    if stage == "rlvr":
+        from runner.stages.rlvr import STATE_EVERY
+    else:
+        from runner.trainer import STATE_EVERY
+    return STATE_EVERY
 
 
 def _raise_interrupt(_signum, _frame) -> None:  # noqa: ANN001

@@ -57,6 +57,16 @@ class RunPlan:
         value = self.hyperparameters.get(key)
         return default if value is None else value
 
+    def deviate(self, key: str, recorded: Any, value: Any, reason: str) -> None:
+        """Record one difference from the recording, once per key: a resumed run or a stage that loads its
+        model again replaces its entry instead of adding a second, so every count agrees."""
+        entry = {"key": key, "recorded": recorded, "value": value, "reason": reason}
+        for i, existing in enumerate(self.deviations):
+            if existing["key"] == key:
+                self.deviations[i] = entry
+                return
+        self.deviations.append(entry)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

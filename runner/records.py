@@ -317,8 +317,10 @@ def finish_run(record: RunRecord, status: str, error: str | None = None) -> None
         record.artifacts["checkpoint"] = dvc_hash(record.checkpoint_dir)
     try:
         with session_scope() as session:
+            # The plan as run: stages add deviations while they load and train (model shape, init, steps).
             update_run(session, record.run_id, status=status, error=error, finished_at=utcnow(),
-                       final_metrics=record.final_metrics, heartbeat_at=utcnow())
+                       final_metrics=record.final_metrics, heartbeat_at=utcnow(), plan=record.plan.to_json(),
+                       deviations=record.plan.deviations)
             # Per-step values: one series row per metric (steps.tsv and run.json hold them too).
             replace_run_series(session, record.run_id, step_series(record.steps))
             add_run_metrics(session, record.run_id, [

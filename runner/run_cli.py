@@ -120,8 +120,8 @@ def run_cmd(
         plan.inputs = resolved
         for role, ref in resolved.items():
             if ref.get("substituted"):
-                plan.deviations.append({"key": f"input.{role}", "recorded": ref.get("substitutes"),
-                                        "value": ref["path"], "reason": "--input substitution on the command line"})
+                plan.deviate(f"input.{role}", ref.get("substitutes"), ref["path"],
+                             "--input substitution on the command line")
     if launcher == "accelerate":
         record = _run_multiprocess(plan, resolved, num_processes, deepspeed, output_dir)
     else:
@@ -169,9 +169,10 @@ def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):  # no
     except (OSError, ValueError, KeyError) as exc:
         raise ReproError(f"run {found} cannot resume: its record {run_dir / 'run.json'} is unreadable ({exc})") from None
     if not record.artifacts.get("state"):
-        every = record.plan.extra.get("checkpoint_every", 10)
-        raise ReproError(f"run {found} saved no resumable state (state is first saved after update {every}); "
-                         "start a new run")
+        from runner.execute import first_state_update
+
+        raise ReproError(f"run {found} saved no resumable state (it stopped before update "
+                         f"{first_state_update(stage)}, when the first is saved); start a new run")
     return record
 
 
@@ -179,17 +180,16 @@ def _run_multiprocess(plan, inputs, num_processes: int, deepspeed: str | None, o
     from runner.launch import run_cpu_processes
     from runner.records import RunRecord, finish_run, start_run
 
-    plan.deviations.append({"key": "num_processes", "recorded": plan.recorded.get("num_processes"),
-                            "value": num_processes, "reason": "--launcher accelerate on CPU (gloo)"})
+    plan.deviate("num_processes", plan.recorded.get("num_processes"), num_processes,
+                 "--launcher accelerate on CPU (gloo)")
     ga = plan.hp("gradient_accumulation_steps", 1)
     if ga % num_processes:
         raise ReproError(f"gradient_accumulation_steps {ga} is not divisible by {num_processes} processes; "
                          "the effective batch would change")
     plan.hyperparameters["gradient_accumulation_steps"] = ga // num_processes
     plan.hyperparameters["num_processes"] = num_processes
-    plan.deviations.append({"key": "gradient_accumulation_steps", "recorded": plan.recorded.get(
-        "gradient_accumulation_steps"), "value": ga // num_processes,
-        "reason": f"effective batch kept across {num_processes} processes"})
+    plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"), ga // num_processes,
+                 f"effective batch kept across {num_processes} processes")
     if deepspeed:
         from runner.launch import resolve_deepspeed_config
 

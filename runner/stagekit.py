@@ -109,12 +109,8 @@ def miniature_config(plan: RunPlan, tokenizer):  # noqa: ANN001, ANN201
 
 
 def record_model_deviations(plan: RunPlan, deviations: list[dict[str, Any]]) -> None:
-    known = {d["key"] for d in plan.deviations}
     for d in deviations:
-        key = f"model.{d['key']}"
-        if key not in known:
-            plan.deviations.append({"key": key, "recorded": d["recorded"], "value": d["miniature"],
-                                    "reason": d["reason"]})
+        plan.deviate(f"model.{d['key']}", d["recorded"], d["miniature"], d["reason"])
 
 
 def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):  # noqa: ANN001, ANN201
@@ -122,8 +118,7 @@ def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):  # noqa: ANN001, ANN
 
     config, deviations = miniature_config(plan, tokenizer)
     record_model_deviations(plan, deviations)
-    plan.deviations.append({"key": "init", "recorded": plan.inputs.get("init", {}).get("checkpoint"),
-                            "value": "random miniature init", "reason": reason})
+    plan.deviate("init", plan.inputs.get("init", {}).get("checkpoint"), "random miniature init", reason)
     return build_model(config, seed=plan.hp("seed", 0))
 
 

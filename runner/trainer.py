@@ -28,6 +28,7 @@ import torch
 from runner import schedules, state
 
 StepMetrics = dict[str, float]
+STATE_EVERY = 10  # optimizer updates between resumable-state saves
 LossFn = Callable[[list[dict[str, Any]], int], tuple[torch.Tensor, StepMetrics]]
 
 
@@ -45,7 +46,7 @@ class LoopConfig:
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     wsd: dict[str, Any] = field(default_factory=dict)
-    checkpoint_every: int = 10
+    checkpoint_every: int = STATE_EVERY
     steps_per_update: int = 1  # scheduler steps per optimizer update (accelerate-prepared: one per process)
     stop_after: int | None = None  # run fewer updates than the schedule spans (--max-steps)
     schedule_steps: int | None = None  # the schedule's length where the recorded code sized it apart from the updates

@@ -248,6 +248,19 @@ def test_every_consumer_of_an_altered_checkpoint_refuses_it(cli, isolated_home):
     assert [r["id"] for r in json.loads(out)] == [summary["run_id"]]  # no eval or DPO run was recorded
 
 
+def test_deviations_are_counted_once_and_the_same_everywhere(cli, isolated_home):
+    code, out, err = cli(*SFT, "--max-steps", "2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    record = json.loads((Path(summary["run_dir"]) / "run.json").read_text())
+    code, out, _ = cli("runs", "--json")
+    (row,) = json.loads(out)
+    keys = [d["key"] for d in record["deviations"]]
+    assert len(keys) == len(set(keys))  # once per key
+    assert summary["deviations"] == len(keys) == len(row["deviations"])
+    assert {"init", "optimizer_steps"} <= set(keys) and any(k.startswith("model.") for k in keys)  # added in training
+
+
 # ---------------------------------------------------------------- failures of the run itself
 
 

@@ -24,8 +24,8 @@ def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int 
     stop_after = None
     if ctx.max_updates is not None and ctx.max_updates < total_updates:
         stop_after = ctx.max_updates
-        plan.deviations.append({"key": "optimizer_steps", "recorded": total_updates, "value": stop_after,
-                                "reason": "--max-steps on the command line (the schedule keeps its full length)"})
+        plan.deviate("optimizer_steps", total_updates, stop_after,
+                     "--max-steps on the command line (the schedule keeps its full length)")
     schedule_steps, steps_per_update = total_updates, 1
     if plan.family == "tulu3" and num_examples is not None and plan.stage in ("sft", "dpo", "rm"):
         # The schedule's length as each open-instruct script computed it (semantics.md quirk 5), which

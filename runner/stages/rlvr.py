@@ -326,13 +326,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return finish(ctx, prep, learner.policy)
 
 
+STATE_EVERY = 5  # PPO steps between resumable-state saves
+
+
 def record_step(ctx: StageContext, metrics: dict[str, float], step: int, steps: int, save) -> None:  # noqa: ANN001
     """Keep one PPO step's metrics; every 5 steps `save(step)` writes the state, which the record keeps."""
     require_finite(metrics)
     ctx.record.steps.append(metrics)
     if ctx.progress:
         ctx.progress(metrics)
-    if (step + 1) % 5 == 0 or step + 1 == steps:
+    if (step + 1) % STATE_EVERY == 0 or step + 1 == steps:
         commit_state(ctx.record, save(step + 1))
         heartbeat(ctx.record)
     fault_injection(step + 1)
