@@ -374,15 +374,21 @@ def main() -> None:
                           f"{'cold/list':>9}  (list re-timed beside each command)")
                     for label, size, ms, sa_ms in query_times(url, info, args.reps):
                         wall, lst = cold_beside(commands[label], [repro, "list", "--json"], env, args.reps)
+                        # The targets are the lineage queries' with answers up to 1,000 nodes; beyond that
+                        # the cost should grow with the answer (ms per 1,000 nodes is printed), and the
+                        # runs pages have none (shown for scale).
                         targeted = label.startswith("lineage") and size <= 1000
-                        ok_q = ms <= limit_ms or not targeted
-                        ok_c = wall <= 2 * lst
-                        verdict = (f"query {'MET' if ok_q else 'MISSED'} (≤ {limit_ms:.0f} ms), " if targeted else
-                                   f"{ms / size * 1000:.1f} ms per 1,000 nodes (no target), " if size > 1000 else
-                                   "no query target, ")
+                        ok_q, ok_c = ms <= limit_ms, wall <= 2 * lst
+                        if targeted:
+                            verdict = (f"query {'MET' if ok_q else 'MISSED'} (≤ {limit_ms:.0f} ms), "
+                                       f"cold {'MET' if ok_c else 'MISSED'} (≤ 2x list)")
+                            summary.append(ok_q and ok_c)
+                        elif size > 1000:
+                            verdict = f"{ms / size * 1000:.1f} ms per 1,000 nodes (no target)"
+                        else:
+                            verdict = "no target"
                         print(f"  {label:32} {size:7d} {ms:9.2f} {sa_ms:9.2f} {wall:7.3f} {lst:7.3f} {wall / lst:8.2f}x"
-                              f"  {verdict}cold {'MET' if ok_c else 'MISSED'} (≤ 2x list)")
-                        summary.append(ok_q and ok_c)
+                              f"  {verdict}")
                     ok_g = info["growth"] <= 2048
                     summary.append(ok_g)
                     print(f"  growth {info['growth']:.0f} B/run: {'MET' if ok_g else 'MISSED'} (≤ 2048)"

@@ -70,8 +70,21 @@ def _edges_of(nodes, downstream: bool, dialect: str, only_to_checkpoints: bool =
 
 
 def _edges_statement(downstream: bool, max_depth: int | None = None, dialect: str = "sqlite"):  # noqa: ANN202
+    if dialect == "sqlite" and max_depth is None:
+        return _edges_walk(downstream)
     walk = _walk(downstream, max_depth)
     return _edges_of(select(walk.c.node).distinct(), downstream, dialect)
+
+
+def _edges_walk(downstream: bool):  # noqa: ANN202
+    """SQLite: the edges themselves carried through the recursion, one pass (a quarter faster than
+    walking the nodes and then fetching their edges). Each row is an edge; UNION keeps each once,
+    so the walk ends on any graph. (PostgreSQL's planner hash-joins the whole table in this form.)"""
+    near, far = _sides(downstream)
+    cols = (EDGES.c.id, *EDGE_COLUMNS)
+    walk = select(*cols).where(near == bindparam("root", type_=Text)).cte("walk", recursive=True)
+    walk = walk.union(select(*cols).join(walk, near == (walk.c.child if downstream else walk.c.parent)))
+    return select(walk.c.parent, walk.c.child, walk.c.relation, walk.c.content_hash, walk.c.note).order_by(walk.c.id)
 
 
 def _outputs_statement(dialect: str = "sqlite"):  # noqa: ANN202
