@@ -414,7 +414,39 @@ VERDICT_COLORS = {REPRODUCED: "#2a9d4b", WITHIN_NOISE: "#e0a100", DEVIATES: "#d6
                   UNCHANGED: "#2a9d4b", CHANGED: "#d62828", TOO_FEW: "#8a8a8a"}
 
 
+def _scale_of(c: Comparison) -> float:
+    return float((c.protocol or {}).get("scale") or METRIC_SCALE.get(c.name, 100.0))
+
+
+def _score_limits(c: Comparison, span: float) -> tuple[float, float]:
+    """The x range of one row: the points with room around them, but never past what the score can be
+    (an accuracy of 0–100 %, or 0–1, drawn on −50…150 % reads as a broken plot)."""
+    lo, hi = min(c.reference, c.value) - span * 0.6, max(c.reference, c.value) + span * 0.6
+    scale = _scale_of(c)
+    if 0.0 <= min(c.reference, c.value) and max(c.reference, c.value) <= scale:
+        lo, hi = max(lo, 0.0), min(hi, scale)
+    return lo, hi
+
+
+def _score_label(c: Comparison) -> str:
+    scale = _scale_of(c)
+    unit = "%" if scale == 100.0 else ("fraction" if scale == 1.0 else f"0–{scale:g}")
+    return f"{c.name} ({unit})"
+
+
 def scorecard_png(comparisons: list[Comparison], path: str | Path, title: str) -> Path:
+    """The scorecard figure written as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = scorecard_figure(comparisons, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scorecard_figure(comparisons: list[Comparison], title: str):  # noqa: ANN201
     """One row per metric: the reference (line), its tolerance band (shaded) and the run (dot,
     coloured by verdict). Each row has its own x-axis, since metrics differ in scale."""
     import matplotlib
@@ -434,7 +466,8 @@ def scorecard_png(comparisons: list[Comparison], path: str | Path, title: str) -
             ax.axvspan(ref - tol / 2, ref + tol / 2, color="#6baed6", alpha=0.45, lw=0)
         ax.axvline(ref, color="#08519c", lw=1.5)
         ax.plot([c.value], [0], "o", ms=9, color=VERDICT_COLORS[c.verdict], zorder=3)
-        ax.set_xlim(min(ref, c.value) - span * 0.6, max(ref, c.value) + span * 0.6)
+        ax.set_xlim(*_score_limits(c, span))
+        ax.set_xlabel(_score_label(c), fontsize=8)
         ax.set_yticks([])
         ax.set_ylabel(c.name, rotation=0, ha="right", va="center", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
@@ -442,11 +475,7 @@ def scorecard_png(comparisons: list[Comparison], path: str | Path, title: str) -
         ax.set_title(f"{c.verdict}: {label}", fontsize=8, loc="left", color=VERDICT_COLORS[c.verdict])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 __all__ = [
@@ -455,5 +484,5 @@ __all__ = [
     "binomial_se", "granularity", "noise_tolerance", "verdict", "normalized_protocol", "fingerprint",
     "claimed_protocol", "protocol_differences", "comparability", "Comparison", "compare_metric",
     "load_smoke_references", "reference_entry", "smoke_references_path", "published_checkpoint", "compare_run",
-    "summary", "scorecard_png",
+    "summary", "scorecard_png", "scorecard_figure",
 ]

@@ -23,8 +23,9 @@ def _pyplot():  # noqa: ANN202
     return plt
 
 
-def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[float], str]:
-    """The LR of every optimizer update, as the recorded code steps its scheduler."""
+def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[int], list[float], str]:
+    """(update, LR) of every optimizer update (every stride-th for long runs), as the recorded code steps
+    its scheduler."""
     from registry.cli import registry
     from registry.derive import optimizer_steps
     from runner import schedules
@@ -59,23 +60,34 @@ def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[float],
                   "decay_style": hp.get("decay_style", "linear")}
     fn = schedules.build_schedule(hp.get("lr_scheduler", "linear"), total, warmup, **kwargs)
     stride = max(1, total // 4000)  # millions of steps: plot a thinned curve, exact at the sampled points
-    points = [hp["learning_rate"] * fn(k) for k in range(0, total, stride)]
+    # x is the optimizer update itself, not the sample's index: a thinned curve must still put the
+    # warmup's end at its update (440 for the Tülu 3 8B SFT, sampled every 3rd update).
+    updates = list(range(0, total, stride))
+    points = [hp["learning_rate"] * fn(k) for k in updates]
     label = f"{hp.get('lr_scheduler')} · peak {hp['learning_rate']:g} · {total:,} updates · warmup {warmup:,}"
-    return points, label if stride == 1 else label + f" (every {stride} updates)"
+    return updates, points, label if stride == 1 else label + f" (every {stride} updates)"
+
+
+def schedule_figure(recipe: str, stage: str, profile: str):  # noqa: ANN201
+    """The schedule as a matplotlib figure (the caller saves and closes it)."""
+    updates, points, label = schedule_points(recipe, stage, profile)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(updates, points)
+    ax.set_title(f"{recipe}:{stage} learning rate ({profile})\n{label}", fontsize=9)
+    ax.set_xlabel("optimizer update (sampled)" if "every" in label else "optimizer update")
+    ax.set_ylabel("learning rate")
+    ax.set_xlim(0, max(updates[-1], 1))
+    fig.tight_layout()
+    return fig
 
 
 def schedule_cmd(recipe: str, stage: str = typer.Option(..., "--stage", "-s"),
                  profile: str = typer.Option("recorded", "--profile"),
                  output: Path = typer.Option(..., "--output", "-o", help="PNG file to write")):
     """The learning rate of every optimizer update, as the recorded code stepped it."""
-    points, label = schedule_points(recipe, stage, profile)
+    fig = schedule_figure(recipe, stage, profile)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot(range(len(points)), points)
-    ax.set_title(f"{recipe}:{stage} learning rate ({profile})\n{label}", fontsize=9)
-    ax.set_xlabel("optimizer update (sampled)" if "every" in label else "optimizer update")
-    ax.set_ylabel("learning rate")
-    fig.tight_layout()
     fig.savefig(output, dpi=110)
     plt.close(fig)
     typer.echo(f"wrote {output}")

@@ -206,11 +206,16 @@ def _run_multiprocess(plan, inputs, num_processes: int, deepspeed: str | None, o
 
 
 class _progress:
-    """A rich progress bar on stderr (stdout stays clean for --json)."""
+    """A rich progress bar on stderr (stdout stays clean for --json).
+
+    The stage reports its update count through `total()` once it knows it (SmolLM2 SFT packs its
+    rows, so only the encoded data tell): rich needs the total for the bar and the ETA."""
 
     def __init__(self, plan, quiet: bool) -> None:  # noqa: ANN001
         self.plan, self.quiet = plan, quiet or not sys.stderr.isatty()
         self.bar = None
+        self.updates: int | None = None
+        self.started = False
 
     def __enter__(self):  # noqa: ANN204
         if self.quiet:
@@ -223,12 +228,22 @@ class _progress:
                             TimeRemainingColumn(), console=Console(stderr=True))
         self.bar.start()
         self.task = self.bar.add_task("run", total=None, info="")
+        return self
 
-        def update(metrics: dict[str, Any]) -> None:
-            info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr", "reward_mean"))
-            self.bar.update(self.task, completed=metrics["step"], info=info)
+    def total(self, updates: int) -> None:
+        if updates != self.updates:
+            self.updates = updates
+            self.bar.update(self.task, total=updates)
 
-        return update
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        info = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr", "reward_mean"))
+        if not self.started:
+            # A resumed run starts at its saved update: reset so the rate (and the ETA) counts only
+            # updates done in this process, not the jump from 0.
+            self.started = True
+            self.bar.reset(self.task, total=self.updates, completed=metrics["step"], info=info)
+            return
+        self.bar.update(self.task, completed=metrics["step"], info=info)
 
     def __exit__(self, *exc) -> None:  # noqa: ANN002
         if self.bar is not None:

@@ -43,6 +43,13 @@ class StageContext:
         return self.rank == 0
 
 
+def report_total(ctx: StageContext, updates: int) -> None:
+    """Tell the progress display how many updates this run will perform (its bar and ETA need it)."""
+    announce = getattr(ctx.progress, "total", None)
+    if callable(announce):
+        announce(updates)
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for repro's own progress: no per-file bars from transformers, no DeepSpeed probe notice."""
     if not torch.cuda.is_available():

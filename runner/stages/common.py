@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from runner import schedules
-from runner.stagekit import StageContext, tensorboard_writer
+from runner.stagekit import StageContext, report_total, tensorboard_writer
 from runner.trainer import LoopConfig, Trainer, epoch_order, micro_batches, run_updates, updates_for
 from runner.records import commit_state, heartbeat
 
@@ -92,6 +92,7 @@ def drive(ctx: StageContext, trainer: Trainer, loss_fn: Callable, batches_for: C
             heartbeat(ctx.record)
 
     on_state = (lambda ref: commit_state(ctx.record, ref)) if ctx.is_main else None
+    report_total(ctx, trainer.config.run_updates)
     for _ in run_updates(trainer, loss_fn, batches_for, on_step, lambda: {}, ctx.progress, on_state):
         pass
     if writer is not None:

@@ -35,8 +35,8 @@ from runner import losses, schedules, state, verifiers
 from runner.data.fixtures import load_fixture
 from runner.data.templates import render
 from runner.generation import generate
-from runner.stagekit import (StageContext, input_path, load_causal_lm, load_tokenizer, save_checkpoint,
-                             set_determinism, write_metrics_file)
+from runner.stagekit import (StageContext, input_path, load_causal_lm, load_tokenizer, report_total,
+                             save_checkpoint, set_determinism, write_metrics_file)
 from runner.stages.rm import load_reward_model
 from runner.trainer import epoch_order, fault_injection, require_finite
 from runner.records import commit_state, heartbeat
@@ -334,6 +334,7 @@ def record_step(ctx: StageContext, metrics: dict[str, float], step: int, steps: 
     require_finite(metrics)
     ctx.record.steps.append(metrics)
     if ctx.progress:
+        report_total(ctx, steps)
         ctx.progress(metrics)
     if (step + 1) % STATE_EVERY == 0 or step + 1 == steps:
         commit_state(ctx.record, save(step + 1))
