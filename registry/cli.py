@@ -16,6 +16,23 @@ import typer
 from registry.errors import ReproError, unknown
 from registry.recipes import Registry, load_recipes
 
+def _no_type_for_flags() -> None:
+    """typer ≥ 0.2x prints a `<bool>` type beside every on/off flag (--json, --dry-run, even --help); a flag
+    takes no value, so its type column stays empty, as click prints it."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_repro_flags", False):
+        return
+
+    def display_type_rich(self, ctx):  # noqa: ANN001, ANN202
+        return "" if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._repro_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_type_for_flags()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="repro: the published Tülu 3 and SmolLM2 recipes, runnable and auditable.")
 db_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Database schema.")

@@ -266,8 +266,9 @@ def run_suite(suite: str, model_dir: str | Path, *, data: str | Path | None = No
     family = family or guess_family(tokenizer)
     if data is None:
         if profile == "recorded":
-            raise ReproError(f"the recorded profile evaluates on the published datasets, which are not available "
-                             f"offline; pass --data FILE (suite {suite!r}; see PUBLISHED_PROTOCOLS)")
+            raise ReproError(f"the recorded profile of suite {suite!r} evaluates on the published datasets, which "
+                             "are not available offline; pass --data FILE, or run the published protocols on "
+                             "real benchmark data with --suite published")
         data = DEFAULT_DATA[("verifiers" if suite in VERIFIER_TASKS else suite, family)]
     data = Path(data).resolve()
     rows = read_jsonl(data)

@@ -187,6 +187,13 @@ def worker_main(run_dir: Path) -> None:
 
 
 def describe(plan: RunPlan) -> dict[str, Any]:
+    """What `repro run` will start for this plan. The smoke profile runs in this process, on CPU in float32:
+    its command is that, and the recorded launch stays beside it for comparison, labelled as not run."""
+    if plan.profile == "smoke":
+        argv = ["repro", "run", plan.recipe, "--stage", plan.stage, "--profile", "smoke"]
+        return {"launcher": "local (in-process, CPU, float32)", "argv": argv, "command": shell(argv),
+                "recorded_launch": {"argv": recorded_launch(plan), "command": shell(recorded_launch(plan)),
+                                    "run": False}}
     out = {"launcher": plan.layout.get("launcher"), "argv": recorded_launch(plan),
            "command": shell(recorded_launch(plan))}
     ds = plan.layout.get("deepspeed_config")

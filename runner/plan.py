@@ -22,6 +22,11 @@ from registry.schema import CANONICAL_KEYS, Recipe, Stage
 from runner import smoke, switches
 
 PROFILES = ("smoke", "recorded")
+# Common framework spellings of canonical keys: a typo-distance guess would send `lr` to `lam`.
+KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "beta": "dpo_beta", "beta1": "adam_beta1",
+               "beta2": "adam_beta2", "eps": "adam_epsilon", "warmup": "warmup_ratio", "num_epochs": "epochs",
+               "num_train_epochs": "epochs", "grad_accum": "gradient_accumulation_steps",
+               "batch_size": "per_device_batch_size", "max_length": "max_seq_length"}
 CHAT_TEMPLATE_DEFAULT = {"tulu3": "tulu", "smollm2": "chatml"}
 
 
@@ -85,7 +90,7 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
         key, raw = pair.split("=", 1)
         key = key.strip()
         if key not in CANONICAL_KEYS:
-            guess = nearest(key, CANONICAL_KEYS)
+            guess = KEY_ALIASES.get(key) or nearest(key, CANONICAL_KEYS)
             hint = f"; did you mean {guess!r}?" if guess else ""
             raise ReproError(f"invalid --set {key!r}: not a canonical hyperparameter key{hint}")
         try:
@@ -155,8 +160,13 @@ def resolve(registry: Registry, recipe_name: str, stage_name: str, profile: str 
     layout = stage.layout.model_dump(exclude_none=True)
     if profile == "smoke":
         layout.update({"gpus": 0, "nodes": 1, "launcher": "local", "device": "cpu"})
-        deviations.append(Deviation("precision", recorded.get("precision", "bf16"), "fp32",
-                                    "CPU miniature runs in float32 so that reruns are bit-exact"))
+        # The plan's own hyperparameters say what ran (run.json and `repro diff` read them there): a CPU
+        # miniature computes in float32 whatever the recording or --set asked.
+        deviations[:] = [d for d in deviations if d.key != "precision"]
+        if recorded.get("precision") != "fp32":
+            deviations.append(Deviation("precision", recorded.get("precision", "bf16"), "fp32",
+                                        "CPU miniature runs in float32 so that reruns are bit-exact"))
+        hps["precision"] = "fp32"
     plan = RunPlan(
         recipe=recipe_name, stage=stage_name, family=family, profile=profile, hyperparameters=hps,
         recorded=recorded, model=model, tokenizer=tokenizer, chat_template=chat_template, datasets=datasets,

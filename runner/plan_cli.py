@@ -34,8 +34,11 @@ def plan_cmd(recipe: str,
     result = plan_layout(registry(), recipe, stage, gpus, gpu_memory_gb=gpu_memory, nodes=nodes)
     doc = result.to_dict()
     if as_json:
-        return emit_json(doc)
-    _print(doc)
+        emit_json(doc)
+    else:
+        _print(doc)
+    if not doc["feasible"]:
+        raise typer.Exit(1)  # asked for a layout that keeps the invariants, and none does: a failure
 
 
 def _print(doc: dict[str, Any]) -> None:

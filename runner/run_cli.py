@@ -49,8 +49,10 @@ def run_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the latest interrupted run of this stage."),
     resume_run: Optional[str] = typer.Option(None, "--resume-run", metavar="RUN_ID",
                                              help="Continue this run (interrupted or failed) by its id."),
-    sets: list[str] = typer.Option([], "--set", help="KEY=VALUE override of a canonical hyperparameter."),
-    inputs: list[str] = typer.Option([], "--input", help="ROLE=PATH_OR_RUN: substitute an input checkpoint."),
+    sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a canonical hyperparameter (repeatable)."),
+    inputs: list[str] = typer.Option([], "--input", metavar="ROLE=PATH_OR_RUN",
+                                     help="Substitute an input checkpoint (repeatable)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the run directory here."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps."),
     launcher: str = typer.Option("local", "--launcher", help="local | accelerate"),
@@ -259,7 +261,7 @@ def _print_plan(plan, doc: dict[str, Any]) -> None:  # noqa: ANN001
     out.print(f"layout: {hp.get('num_processes', '?')} processes × {hp.get('per_device_batch_size', '?')} per device × "
               f"{hp.get('gradient_accumulation_steps', '?')} accumulation = effective "
               f"{hp.get('effective_batch_size')} {plan.layout.get('unit', '')}; "
-              f"deepspeed {plan.layout.get('deepspeed_config') or 'none'}")
+              f"deepspeed {_deepspeed_label(plan.layout)}")
     table = Table(title="hyperparameters (resolved)")
     for col in ("key", "value", "recorded"):
         table.add_column(col, overflow="fold")
@@ -273,8 +275,11 @@ def _print_plan(plan, doc: dict[str, Any]) -> None:  # noqa: ANN001
         for d in plan.deviations:
             dev.add_row(d["key"], fmt(d["recorded"]), fmt(d["value"]), d["reason"])
         out.print(dev)
-    out.print("launch:")
+    out.print(f"launch ({doc['launch']['launcher']}):")
     out.print(doc["launch"]["command"], markup=False, highlight=False)
+    if doc["launch"].get("recorded_launch"):
+        out.print("recorded launch (not run by this profile):")
+        out.print(doc["launch"]["recorded_launch"]["command"], markup=False, highlight=False)
     if doc.get("recorded_command"):
         out.print("recorded command:")
         out.print(doc["recorded_command"], markup=False, highlight=False)
@@ -285,6 +290,15 @@ def _print_plan(plan, doc: dict[str, Any]) -> None:  # noqa: ANN001
         if cfg.exists():
             out.print(f"{cfg.name}:")
             out.print(cfg.read_text(), markup=False, highlight=False)
+
+
+def _deepspeed_label(layout: dict[str, Any]) -> str:
+    # Accelerate stages name a config file; the Ray RLVR layout records its ZeRO stage directly.
+    if layout.get("deepspeed_config"):
+        return layout["deepspeed_config"]
+    if layout.get("zero_stage") is not None:
+        return f"ZeRO-{layout['zero_stage']}" + (" with offload" if layout.get("offload") else "")
+    return "none"
 
 
 def register(app: typer.Typer) -> None:

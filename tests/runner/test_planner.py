@@ -198,3 +198,10 @@ def test_planner_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_cli_exits_1_when_no_layout_keeps_the_invariants(cli):
+    # Line 120's case: 3 GPUs cannot keep the effective batch of 128 sequences.
+    code, out, err = cli("plan", "tulu3-8b", "--stage", "sft", "--gpus", "3", "--json")
+    doc = json.loads(out)
+    assert code == 1 and not doc["feasible"] and doc["broken"], err

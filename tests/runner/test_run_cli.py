@@ -129,3 +129,24 @@ def test_tensorboard_logging_when_asked(cli):
     assert code == 0, err
     events = list((Path(json.loads(out)["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_dry_runs_print_what_will_run(cli):
+    code, out, _ = cli("run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--dry-run", "--json")
+    launch = json.loads(out)["launch"]
+    assert code == 0 and launch["argv"][:2] == ["repro", "run"] and "in-process" in launch["launcher"]
+    assert launch["recorded_launch"]["run"] is False and "accelerate" in launch["recorded_launch"]["argv"]
+    code, out, _ = cli("run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--dry-run")
+    assert "recorded launch (not run by this profile):" in out
+    code, out, _ = cli("run", "tulu3-8b", "--stage", "rlvr", "--dry-run")
+    assert "deepspeed ZeRO-3" in out and "deepspeed none" not in out
+
+
+def test_help_shows_no_type_for_flags_and_names_value_shapes(cli):
+    code, out, _ = cli("run", "--help")
+    assert code == 0 and "<bool>" not in out and "KEY=VALUE" in out
+
+
+def test_common_spellings_of_keys_point_at_the_canonical_key(cli):
+    code, _, err = cli("run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--set", "lr=1e-4")
+    assert code == 2 and "did you mean 'learning_rate'" in err
