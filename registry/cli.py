@@ -106,14 +106,50 @@ def show_cmd(recipe: str, stage: Optional[str] = typer.Option(None, "--stage", "
     if stage is None:
         doc = {"recipe": recipe, **{k: v for k, v in reg.raw["recipes"][recipe].items() if k != "stages"},
                "stages": rec.stage_names, "published_metrics": published_metrics_of(reg, recipe)}
+        doc["sources"] = cited_sources(reg, doc)
         if as_json:
             return emit_json(doc)
-        return _print_recipe(reg, recipe, doc["published_metrics"])
+        _print_recipe(reg, recipe, doc["published_metrics"])
+        return _print_sources(doc["sources"])
     reg.stage(recipe, stage)
     doc = stage_document(reg, recipe, stage)
+    doc["sources"] = cited_sources(reg, doc)
     if as_json:
         return emit_json(doc)
     _print_stage(reg, recipe, stage, doc)
+    _print_sources(doc["sources"])
+
+
+def cited_sources(reg: Registry, doc: Any) -> dict[str, dict[str, Any]]:
+    """Every source tag `doc` cites (a "source" value's first word; the rest is a locator such as "§1.4"),
+    with the title, URL and commit that recipes.json defines for it: an id alone sends no one anywhere."""
+    tags: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "source" and isinstance(value, str):
+                    tags.append(value.split(" ", 1)[0])
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    defined = reg.raw.get("sources", {})
+    return {tag: {k: v for k, v in defined[tag].items() if v is not None}
+            for tag in dict.fromkeys(tags) if tag in defined}
+
+
+def _print_sources(sources: dict[str, dict[str, Any]]) -> None:
+    out = console()
+    out.print("sources:")
+    for tag, src in sources.items():
+        where = src.get("url") or ""
+        if src.get("commit"):
+            where += f" @ {src['commit'][:12]}"
+        out.print(f"  {tag}: {src['title']}" + (f" — {where}" if where else ""), markup=False, highlight=False)
 
 
 def _sourced_table(title: str, items: dict[str, Any]):
