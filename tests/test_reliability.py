@@ -163,6 +163,18 @@ def test_unreadable_fixture_is_one_line(tmp_path, content, fragment):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("argv", [["runs"], ["lineage", "tulu3-8b:sft"], [*SFT, "--max-steps", "1"]],
+                         ids=["runs", "lineage", "run"])
+def test_a_file_that_is_not_a_database_is_one_line(cli, isolated_home, tmp_path, monkeypatch, argv):
+    garbage = tmp_path / "repro.db"
+    garbage.write_bytes(b"not a database " * 64)
+    monkeypatch.setenv("REPRO_DATABASE_URL", f"sqlite:///{garbage}")
+    _assert_refused(cli, isolated_home, argv, "is not an SQLite database")
+    assert garbage.read_bytes() == b"not a database " * 64
+    runs = isolated_home.parent / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 # ---------------------------------------------------------------- the run directory
 
 
