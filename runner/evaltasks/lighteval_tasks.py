@@ -152,10 +152,12 @@ class LightevalTask:
     stop_sequence: tuple[str, ...] = ()
     few_shot_split: str | None = None  # the split lighteval draws few-shot examples from
     notes: tuple[str, ...] = field(default_factory=tuple)
+    card_metric: str | None = None  # the metric as the card / recipes.json names it, where the name differs
 
     def protocol(self) -> dict[str, Any]:
         """The fields a published metric states (recipes.json), for the comparison."""
-        return {"harness": "lighteval", "task": self.task, "shots": self.shots, "metric": self.metric}
+        return {"harness": "lighteval", "task": self.task, "shots": self.shots,
+                "metric": self.card_metric or self.metric}
 
 
 LL, GEN = "loglikelihood", "generation"
@@ -178,7 +180,8 @@ TASKS: dict[str, LightevalTask] = {t.name: t for t in (
     LightevalTask("gsm8k", "GSM8K", "custom|gsm8k|5|1",
                   (Part("gsm8k", "gsm8k:test", "e53f048856ff4f594e959d75785d2c2d37b678ee", "test"),),
                   prompt_gsm8k, GEN, "quasi_exact_match_gsm8k", shots=5, generation_size=256,
-                  stop_sequence=("Question:", "Question"), few_shot_split="train"),
+                  stop_sequence=("Question:", "Question"), few_shot_split="train",
+                  card_metric="quasi-exact-match"),
     LightevalTask("winogrande", "WinoGrande", "custom|winogrande|0|1",
                   (Part("winogrande", "winogrande:validation", "85ac5b5a3b7a930e22d590176e39460400d19e41",
                         "validation"),),
