@@ -133,6 +133,9 @@ class RunRecord:
         return record
 
 
+RANDOM_INIT_NODE = "init:random-miniature"
+
+
 def lineage_for(record: RunRecord) -> list[tuple[str, str, str, str | None, str | None]]:
     """(parent, child, relation, content_hash, file path) edges of a run."""
     node = f"run:{record.run_id}"
@@ -144,6 +147,10 @@ def lineage_for(record: RunRecord) -> list[tuple[str, str, str, str | None, str 
     for role, ref in record.inputs.items():
         parent = f"run:{ref['run_id']}" if ref.get("run_id") else f"checkpoint:{ref['checkpoint']}"
         relation = role + (" (substituted)" if ref.get("substituted") else "")
+        if role == "init" and not ref.get("path"):
+            # Nothing was loaded: the stage built a random miniature. The published checkpoint it stands
+            # for is named in the relation, never as the parent.
+            parent, relation = RANDOM_INIT_NODE, f"init (random miniature init; recorded: {ref.get('checkpoint')})"
         edges.append((parent, node, relation, ref.get("content_hash"), ref.get("path")))
     seen: set[str] = set()
     for ds in plan.datasets + ([plan.heldout] if plan.heldout else []):

@@ -181,7 +181,12 @@ def train_rows(plan: RunPlan) -> list[dict[str, Any]]:
 
 def save_checkpoint(ctx: StageContext, model, tokenizer, *, datasets: list[str], base_model: str | None,
                     notes: str = "") -> Path:  # noqa: ANN001
-    """HF-format checkpoint (safetensors + config + tokenizer) with a model card naming its lineage."""
+    """HF-format checkpoint (safetensors + config + tokenizer) with a model card (runner/cards.py).
+
+    `datasets` and `base_model` are what the recorded stage names; the card reports them as the
+    recording's, and claims for this run only what its plan shows it loaded and read."""
+    from runner.cards import model_card
+
     out = ctx.record.checkpoint_dir
     if not ctx.is_main:
         return out
@@ -189,30 +194,8 @@ def save_checkpoint(ctx: StageContext, model, tokenizer, *, datasets: list[str],
     unwrapped = ctx.accelerator.unwrap_model(model) if ctx.accelerator is not None else model
     unwrapped.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    plan = ctx.plan
-    card = [
-        "---",
-        f"base_model: {base_model or 'none (random miniature init)'}",
-        "datasets:",
-        *[f"- {d}" for d in datasets],
-        "tags:",
-        "- repro",
-        f"- {plan.recipe}",
-        f"- {plan.stage}",
-        "---",
-        "",
-        f"# {plan.recipe}:{plan.stage} ({plan.profile} profile)",
-        "",
-        # No run id or time here: identical training must give identical checkpoint bytes (DVC outs).
-        f"Produced by `repro run {plan.recipe} --stage {plan.stage} --profile {plan.profile}`; its run.json "
-        f"beside this folder has the full record. Recipe: the published {plan.recipe} {plan.stage} stage; code pin "
-        f"{plan.extra.get('code', {}).get('repository')}@{str(plan.extra.get('code', {}).get('commit'))[:12]}.",
-        "",
-        f"Deviations from the recording ({len(plan.deviations)}): see run.json.",
-        "",
-        notes,
-    ]
-    (out / "README.md").write_text("\n".join(card) + "\n")
+    card = model_card(ctx.plan, recorded_base=base_model, recorded_datasets=datasets, notes=notes)
+    (out / "README.md").write_text(card)
     return out
 
 

@@ -26,7 +26,7 @@ def test_checkpoints_load_and_carry_a_model_card(in_smoke_home):
         model = loader.from_pretrained(ckpt)
         assert sum(p.numel() for p in model.parameters()) < 1_000_000
         card = (ckpt / "README.md").read_text()
-        assert f"{recipe}:{stage}" in card and "base_model:" in card and "datasets:" in card
+        assert f"{recipe}:{stage}" in card and "library_name:" in card and "pipeline_tag:" in card
         assert record["artifacts"]["checkpoint"].endswith(".dir")
 
 
