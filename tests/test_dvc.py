@@ -86,13 +86,31 @@ def test_dvc_yaml_params_select_one_recipe_each() -> None:
     for name, body in _dvc_yaml().items():
         recipe, stage, _, _ = _stage_args(body["cmd"])
         (keys,) = [entry["recipes.json"] for entry in body["params"]]
+        entry = next(s for s in raw["recipes"][recipe]["stages"] if s["name"] == stage)
+        index = raw["recipes"][recipe]["stages"].index(entry)
+        # Every canonical hyperparameter of the stage is tracked, each as its bare value.
+        assert {k for k in keys if ".hyperparameters." in k} == {
+            f"recipes.{recipe.replace('.', '?')}.stages.{index}.hyperparameters.{k}.value"
+            for k in entry["hyperparameters"]}, name
         for key in keys:
             value = dpath.get(raw, key, separator=".")  # raises when a glob matches two recipes
-            field = key.rsplit(".", 2)
-            if field[-2] == "stages":
-                assert value == raw["recipes"][recipe]["stages"][int(field[-1])] and value["name"] == stage, key
-            else:
-                assert value == raw["recipes"][recipe][field[-1]], key
+            node = raw["recipes"][recipe]
+            rest = key.split(".", 2)[2].split(".")
+            for part in rest:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            assert value == node, key
+            assert rest[0] != "stages" or rest[1] == str(index), key  # this stage's entry, no other
+            assert not isinstance(value, dict), key  # no whole objects (sources, notes): values only
+
+
+def test_dvc_params_stay_small() -> None:
+    """`dvc params diff --all` prints every tracked value: the tracked values of all stages stay small."""
+    dpath = pytest.importorskip("dpath")
+
+    raw = json.loads((ROOT / "recipes.json").read_text())
+    tracked = [dpath.get(raw, key, separator=".") for body in _dvc_yaml().values()
+               for entry in body["params"] for key in entry["recipes.json"]]
+    assert len(json.dumps(tracked)) < 60_000
 
 
 def test_dvc_yaml_rejects_unknown_recipe_or_stage(tmp_path: Path) -> None:
@@ -278,10 +296,11 @@ def test_metrics_params_and_plots(pipeline: Project, tmp_path: Path) -> None:
         for stage in stages:
             data = files[f"pipelines/{recipe}/{stage}/metrics.json"]["data"]
             assert data == json.loads((pipeline.path / f"pipelines/{recipe}/{stage}/metrics.json").read_text())
-    params = json.loads(pipeline.dvc("params", "diff", "--all", "--json").stdout)
-    keys = set(params["recipes.json"])
-    # DVC flattens dicts, not lists: a stage's entry shows under recipes.RECIPE.stages as a whole.
-    assert {"recipes.smollm2-135m.stages", "recipes.tulu3-8b.stages", "recipes.smollm2-135m.family"} <= keys, keys
+    params = pipeline.dvc("params", "diff", "--all", "--json").stdout
+    keys = set(json.loads(params)["recipes.json"])
+    assert {"recipes.smollm2-135m.stages.2.hyperparameters.dpo_beta.value",
+            "recipes.tulu3-8b.stages.0.hyperparameters.learning_rate.value"} <= keys, keys
+    assert len(params) < 200_000  # values, not whole stage objects (those printed 6 MB)
     out = tmp_path / "plots"
     pipeline.dvc("plots", "show", "-o", str(out))
     assert (out / "index.html").stat().st_size > 0
@@ -305,8 +324,9 @@ def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: 
     changed = json.loads(clone.dvc("status", *LEAVES, "--json").stdout)
     assert set(changed) == {"smollm2-135m-dpo"}, changed
     diff = json.loads(clone.dvc("params", "diff", "--json").stdout)["recipes.json"]
-    assert set(diff) == {"recipes.smollm2-135m.stages"}, diff
-    assert "'dpo_beta': {'value': 0.25" in str(diff["recipes.smollm2-135m.stages"]["new"])  # DVC shows a list's repr
+    key = f"recipes.smollm2-135m.stages.{raw['recipes']['smollm2-135m']['stages'].index(dpo)}.hyperparameters.dpo_beta.value"
+    assert set(diff) == {key}, diff
+    assert diff[key]["new"] == 0.25
 
     out = clone.dvc("repro", *LEAVES)
     assert _ran(out.stdout + out.stderr) == ["smollm2-135m-dpo"]
