@@ -4,7 +4,9 @@ A smoke run has no published numbers of its own, so the registry keeps the
 evaluation results of a reference set of smoke runs (registry/smoke_references.json).
 `python -m runner.references` re-evaluates the latest succeeded smoke run of every
 stage in the current database and rewrites that file; `repro compare RUN` then
-gives each metric of a new run a verdict against it.
+checks each metric of a new run against it. That is a regression check (verdict "unchanged"
+or "changed", or "too few items to judge" on a handful of items), never a reproduction:
+these numbers come from the project's own runs, not from any publication.
 """
 
 from __future__ import annotations
