@@ -30,10 +30,17 @@ JUDGE_EVALS = {"alpacaeval2": "AlpacaEval 2", "alpaca_eval": "AlpacaEval 2", "mt
                "mtbench": "MT-Bench"}
 
 
+# Tülu 3's published suite (facts/tulu3.md §7: OLMES tulu_3_dev / tulu_3_unseen as open-instruct's
+# scripts/eval/oe-eval.sh @3dd7a07 runs them). Named so the refusal says what is missing.
+TULU3_OLMES = ("gsm8k::tulu (8-shot CoT)", "minerva_math::tulu (4-shot, flex)", "ifeval::tulu (prompt loose)",
+               "mmlu:0shot_cot::tulu", "bbh:cot-v1::tulu (3-shot)", "drop::llama3 (3-shot)", "popqa::tulu (15-shot)",
+               "truthfulqa::tulu (6-shot MC2)", "codex_humaneval::tulu / codex_humanevalplus::tulu (pass@10)")
+
+
 def suite_tasks(family: str | None) -> dict[str, lt.LightevalTask]:
     if family == "tulu3":
-        raise ReproError("the published suite for tulu3 (OLMES tulu_3_dev) is not implemented yet; "
-                         "the nearest implemented family is smollm2")
+        raise ReproError("the tulu3 published suite (OLMES: " + ", ".join(TULU3_OLMES) + ") is not implemented; "
+                         "implemented: the smollm2 lighteval suite")
     return SUITES["smollm2"]
 
 
