@@ -105,8 +105,11 @@ def pipeline_stages() -> dict[str, dict]:
                     if rel not in data and not any(rel.startswith(d + "/") for d in data):
                         data.append(rel)
             code = list(CODE_DEPS)
+            # The stage's directory is this DVC stage's own, but DVC removes only the declared outs before a
+            # rerun; repro refuses a non-empty --output-dir (it never deletes what it did not create), so the
+            # stage clears its own directory first, in the open, in its command.
             stages[f"{recipe}-{stage}"] = {
-                "cmd": " ".join(cmd),
+                "cmd": f"rm -rf {out_dir} && " + " ".join(cmd),
                 "deps": [*code, *data, *input_deps],
                 "params": [{"recipes.json": param_keys(recipe, body, index)}],
                 "outs": [f"{out_dir}/checkpoint", f"{out_dir}/run.json"],

@@ -79,7 +79,7 @@ def test_wrong_type_is_refused():
 def test_non_positive_batch_is_refused(bad):
     data = _data()
     _stage(data, "tulu3-8b", "sft")["hyperparameters"]["per_device_batch_size"]["value"] = bad
-    _refused(canonical_text(data), "per_device_batch_size must be a positive integer")
+    _refused(canonical_text(data), f"per_device_batch_size={bad}: must be a positive integer")
 
 
 def test_duplicate_recipe_names_are_refused():

@@ -108,7 +108,7 @@ def test_corrupted_parent_checkpoint_is_refused(cli):
     data[-1] ^= 0xFF
     ckpt.write_bytes(bytes(data))
     code, out, err = cli("run", "tulu3-8b", "--stage", "dpo", "--profile", "smoke")
-    assert code == 2 and "is corrupted" in err and "does not match the recorded" in err
+    assert code == 2 and "was altered" in err and "does not match the recorded" in err
     code, out, _ = cli("runs", "--json")
     assert [r["stage"] for r in json.loads(out)] == ["sft"]
 
