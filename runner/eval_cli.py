@@ -239,6 +239,8 @@ def _eval_published(target: str, tasks: str | None, limit: int | None, threads: 
     from runner.evaltasks.run import pick_tasks, run_published
 
     pick_tasks(None, tasks)  # bad task names fail here, before anything is fetched or written
+    if limit is not None and limit < 1:
+        raise ReproError(f"--limit must be a positive number of items, got {limit} (e.g. --limit 100)")
     with session_scope() as session:
         tgt = resolve_target(session, target)
         if tgt.run_id is not None:  # a run's own checkpoint: its metrics go to that run

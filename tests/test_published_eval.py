@@ -72,3 +72,5 @@ def test_bad_task_names_are_one_line_and_exit_2(cli):
     assert code == 2 and err.count("\n") == 1 and "LLM judge" in err
     code, out, err = cli("eval", NAME, "--suite", "published", "--tasks", "alpacaeval2")
     assert code == 2 and "AlpacaEval 2" in err
+    code, out, err = cli("eval", NAME, "--suite", "published", "--limit", "0")
+    assert code == 2 and err.count("\n") == 1 and "--limit" in err
