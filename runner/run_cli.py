@@ -61,6 +61,10 @@ def run_cmd(
     ray: bool = typer.Option(False, "--ray", help="RLVR: learner and generation engine as Ray actors (local)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="RLVR: join this Ray cluster."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."),
+    emit_script: Optional[Path] = typer.Option(None, "--emit-script", metavar="FILE",
+                                               help="Write a bash script that runs the recorded upstream code."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="With --emit-script: rescale to N GPUs."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="With --emit-script --gpus: N nodes."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Execute one stage (or print its plan with --dry-run)."""
@@ -69,6 +73,17 @@ def run_cmd(
 
     reg = registry()
     reg.stage(recipe, stage)
+    if emit_script is not None:
+        from runner import emit_script as emit
+
+        path = emit.write(emit_script, emit.build(reg, recipe, stage, gpus, nodes))
+        if as_json:
+            return emit_json({"script": str(path), "recipe": recipe, "stage": stage, "gpus": gpus})
+        return console().print(f"wrote {path}: {recipe}:{stage} by the upstream code"
+                               + (f", rescaled to {gpus} GPUs" if gpus else ", at the recorded layout"))
+    if gpus is not None or nodes is not None:
+        raise ReproError("--gpus and --nodes apply to --emit-script (see `repro plan RECIPE --stage S --gpus N` "
+                         "for layouts)")
     if launcher not in ("local", "accelerate"):
         raise ReproError(f"unknown launcher {launcher!r} (valid: local, accelerate)")
     if deepspeed is not None:
