@@ -16,6 +16,12 @@ forwards run under no_grad and are not counted, on either side). Time: our side 
 the end of the update loop (so the cached reference pass is inside it), TRL from on_train_begin to on_train_end.
 
 Targets: stage throughput >= 1.5x TRL; cached DPO >= 1.3x faster than live with identical per-step losses.
+
+`--full-epochs [--epochs E] [--reps R]` measures the cache where it pays: the whole schedule over E epochs
+(default: the 3 the SmolLM2 1.7B DPO records), live reference vs the cache as one forward per pair vs the
+cache batched by padded width (runner/stages/dpo.py reference_cache), and prints the cached-vs-live ratio.
+The `--steps` runs stop inside the first epoch, where a cache can only cost: each pair's reference forward
+runs once either way.
 """
 
 from __future__ import annotations
@@ -114,8 +120,8 @@ def patch_stage(module, counter: Counter, stamps: Stamps):  # noqa: ANN001, ANN2
     return restore
 
 
-def run_stage(reg, recipe: str, stage: str, steps: int, overrides: dict[str, str] | None = None,  # noqa: ANN001
-              reference_mode: str | None = None) -> dict:
+def run_stage(reg, recipe: str, stage: str, steps: int | None, overrides: dict[str, str] | None = None,  # noqa: ANN001
+              reference_mode: str | None = None, sets: dict | None = None) -> dict:
     import importlib
 
     from runner.execute import execute, resolve_inputs
@@ -125,7 +131,7 @@ def run_stage(reg, recipe: str, stage: str, steps: int, overrides: dict[str, str
     counter, stamps = Counter(), Stamps()
     restore = patch_stage(module, counter, stamps)
     try:
-        plan = resolve(reg, recipe, stage, "smoke")
+        plan = resolve(reg, recipe, stage, "smoke", sets or {})
         if reference_mode:
             plan.extra["reference_mode"] = reference_mode
         plan.inputs = resolve_inputs(reg, plan, overrides or {})
@@ -260,9 +266,59 @@ def trl_dpo(plan, checkpoint: Path, steps: int) -> dict:  # noqa: ANN001
 # ---------------------------------------------------------------- main
 
 
+def recorded_dpo_epochs(reg) -> int:  # noqa: ANN001
+    """The SmolLM2 1.7B DPO's recorded epochs: where a cached reference is reused, it is reused this often."""
+    return int(reg.stage("smollm2-1.7b", "dpo").hyperparameters["epochs"].value)
+
+
+def full_epochs(reg, recipe: str, epochs: int, reps: int) -> None:  # noqa: ANN001
+    """Cached vs live reference DPO over whole epochs, where the cache pays: each pair's reference forward
+    runs once instead of once per epoch. Three variants of the real stage, alternated per repetition:
+    live reference, the cache as one forward per pair (as before), the cache batched by padded width."""
+    from runner.stages import dpo
+
+    sft = run_stage(reg, recipe, "sft", 8)  # any SFT checkpoint: the reference pass costs the same
+    sets = {"epochs": epochs}
+    rows: dict[str, list[dict]] = {"live": [], "cached_per_pair": [], "cached": []}
+    for rep in range(reps):
+        names = list(rows) if rep % 2 == 0 else list(rows)[::-1]
+        for name in names:
+            saved = dpo.CACHE_PAIRS_PER_FORWARD
+            if name == "cached_per_pair":
+                dpo.CACHE_PAIRS_PER_FORWARD = 1  # one pair per forward: the cache before width batching
+            try:
+                out = run_stage(reg, recipe, "dpo", None, {"init": str(sft["checkpoint"])},
+                                reference_mode="live" if name == "live" else "cached", sets=sets)
+            finally:
+                dpo.CACHE_PAIRS_PER_FORWARD = saved
+            rows[name].append(out)
+    live = rows["live"][0]
+    print(f"\nfull epochs: {recipe} smoke DPO, {epochs} epochs ({live['steps']} optimizer steps), median of {reps}")
+    print(f"{'run':44} {'seconds':>8} {'cache s':>8} {'tokens/s':>9}")
+    med = {}
+    for name, label in (("live", "live reference"), ("cached_per_pair", "cached, one pair per forward"),
+                        ("cached", "cached, batched by padded width")):
+        secs = statistics.median(r["seconds"] for r in rows[name])
+        setup = statistics.median(r["setup_seconds"] for r in rows[name])
+        med[name] = secs
+        print(f"{label:44} {secs:8.3f} {setup:8.3f} {rows[name][0]['tokens'] / secs:9.0f}")
+    for name in ("cached_per_pair", "cached"):
+        identical = all(r["losses"] == live["losses"] for r in rows[name])
+        assert len(rows[name][0]["losses"]) == len(live["losses"])
+        print(f"  {name}: per-step losses {'bit-identical to' if identical else 'DIFFER from'} live over "
+              f"{len(live['losses'])} steps")
+    ratio, before = med["live"] / med["cached"], med["live"] / med["cached_per_pair"]
+    print(f"SUMMARY full epochs: cached vs live {ratio:.2f}x (target >= {TARGET_CACHED}x: "
+          f"{'MET' if ratio >= TARGET_CACHED else 'MISSED'}); one-pair-per-forward cache {before:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 steps, 1 repetition")
+    parser.add_argument("--full-epochs", action="store_true",
+                        help="only cached vs live DPO, over whole epochs (no --steps cap)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs for --full-epochs (default: the SmolLM2 1.7B DPO's recorded count)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 24)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions, median kept (default 3)")
     parser.add_argument("--recipe", default="tulu3-8b")
@@ -274,6 +330,13 @@ def main() -> None:
 
     reg = load_recipes()
     threads = os.environ.get("REPRO_TORCH_THREADS", "1")
+    if args.full_epochs:
+        print(f"{threads} torch thread(s), {os.cpu_count()} CPUs, CPU float32")
+        try:
+            full_epochs(reg, args.recipe, args.epochs or recorded_dpo_epochs(reg), args.reps or 3)
+        finally:
+            shutil.rmtree(_SCRATCH, ignore_errors=True)
+        return
     print(f"{args.recipe} smoke miniature, {steps} optimizer steps per run, median of {reps}, CPU float32, "
           f"{threads} torch thread(s), {os.cpu_count()} CPUs")
     try:

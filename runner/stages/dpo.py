@@ -84,6 +84,43 @@ def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, avera
     return logps[:n], logps[n:]
 
 
+CACHE_PAIRS_PER_FORWARD = 32
+
+
+def reference_cache(model, pairs: list[dict[str, list[int]]], needed: list[int], pad: int,  # noqa: ANN001
+                    average: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Reference log-probs of the needed pairs, as the live reference computes them one pair per forward.
+
+    The bits of a forward depend on its padded width (padding changes the shapes the attention and
+    the matmuls reduce over): batching arbitrary pairs agreed with the per-pair values on only 62-74% of
+    400 fixture pairs (bench/bench_trainers.py). So pairs are grouped by the width their live forward
+    has, max(len chosen, len rejected), and each group runs as batched forwards in which every row is
+    padded exactly as the live forward pads it; only the batch dimension grows, which left all 400
+    bit-identical on the machine measured. A kernel whose reduction order depends on the batch size
+    would break that, so each batched forward's first pair is recomputed alone and compared, and a
+    group that differs falls back to one pair per forward."""
+    groups: dict[int, list[int]] = {}
+    for j in needed:
+        p = pairs[j]
+        groups.setdefault(max(len(p["chosen_input_ids"]), len(p["rejected_input_ids"])), []).append(j)
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for width in sorted(groups):
+        members = groups[width]
+        for start in range(0, len(members), CACHE_PAIRS_PER_FORWARD):
+            chunk = members[start:start + CACHE_PAIRS_PER_FORWARD]
+            rc, rr = concatenated_logps(model, [pairs[j] for j in chunk], pad, average)
+            if len(chunk) > 1:
+                sc, sr = concatenated_logps(model, [pairs[chunk[0]]], pad, average)
+                if not (torch.equal(sc[0], rc[0]) and torch.equal(sr[0], rr[0])):
+                    for j in chunk:
+                        one_c, one_r = concatenated_logps(model, [pairs[j]], pad, average)
+                        cache[j] = (one_c[0], one_r[0])
+                    continue
+            for j, c, r in zip(chunk, rc, rr):
+                cache[j] = (c, r)
+    return cache
+
+
 def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor, family: str) -> dict[str, float]:
     """The reward statistics of one micro-batch, as the recorded trainer logged them.
 
@@ -137,7 +174,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if reference_mode == "cached":
             # dpo_tune_cache.py: reference log-probs computed before training with the initial (= SFT)
             # weights. Each pair's value depends only on the pair, so it is computed once and reused in
-            # every epoch; one pair per forward gives the same bits as the live reference at pd = 1.
+            # every epoch, batched by padded width (reference_cache) with the live reference's bits at pd = 1.
             needed = sorted({j for u in range(cfg.run_updates) for mb in batches_for(u) for j in mb})
             with torch.no_grad():
                 if trl_cut is not False:
@@ -146,9 +183,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     for mb in sorted({tuple(mb) for u in range(cfg.run_updates) for mb in batches_for(u)}):
                         batch_cache[mb] = concatenated_logps(frozen, [pairs[j] for j in mb], pad, average, trl_cut)
                 else:
-                    for j in needed:
-                        rc, rr = concatenated_logps(frozen, [pairs[j]], pad, average)
-                        cache[j] = (rc[0], rr[0])
+                    cache = reference_cache(frozen, pairs, needed, pad, average)
             del frozen
         else:
             reference = frozen
