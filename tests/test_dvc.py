@@ -42,6 +42,9 @@ def _dvc_yaml() -> dict:
 
 def _stage_args(cmd: str) -> tuple[str, str, list[str], str]:
     args = cmd.split()
+    if args[:2] == ["rm", "-rf"]:  # the stage clears its own directory, and only that, before it runs
+        assert args[3] == "&&" and args[args.index("--output-dir") + 1] == args[2], cmd
+        args = args[4:]
     assert args[:3] == ["repro", "run", args[2]], cmd
     stage = args[args.index("--stage") + 1]
     inputs = [args[i + 1] for i, a in enumerate(args) if a == "--input"]
