@@ -26,7 +26,9 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
 def recorded_blockers(plan) -> list[str]:  # noqa: ANN001
     """What this machine lacks to run the recorded profile (checked before anything is loaded)."""
     missing = []
-    need = plan.layout.get("gpus") or plan.hyperparameters.get("num_processes") or 1
+    total = plan.layout.get("gpus") or plan.hyperparameters.get("num_processes") or 1
+    nodes = plan.layout.get("nodes") or plan.hyperparameters.get("num_machines") or 1
+    need = -(-total // nodes)  # every node runs the same command; each needs its own share of the GPUs
     try:
         import torch
 
@@ -35,7 +37,8 @@ def recorded_blockers(plan) -> list[str]:  # noqa: ANN001
         have = 0
         missing.append("torch is not installed (pip install 'repro[train]')")
     if have < need:
-        missing.append(f"{need} GPUs (found {have})")
+        missing.append(f"{need} GPUs (found {have})" if nodes == 1 else
+                       f"{need} GPUs on each of {nodes} nodes (found {have} here)")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         missing.append("the Hugging Face Hub (HF_HUB_OFFLINE=1) to load the recorded model and data")
     return missing

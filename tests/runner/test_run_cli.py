@@ -150,3 +150,9 @@ def test_help_shows_no_type_for_flags_and_names_value_shapes(cli):
 def test_common_spellings_of_keys_point_at_the_canonical_key(cli):
     code, _, err = cli("run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--set", "lr=1e-4")
     assert code == 2 and "did you mean 'learning_rate'" in err
+
+
+def test_recorded_gpu_check_counts_gpus_per_node(cli):
+    # 64 GPUs on 8 nodes: each node runs the same command with its own 8, so 8 per node is what a node needs.
+    code, _, err = cli("run", "tulu3-8b", "--stage", "sft")
+    assert code == 2 and "8 GPUs on each of 8 nodes (found 0 here)" in err
