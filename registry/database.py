@@ -97,6 +97,10 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     if before is not None and before not in KNOWN_REVISIONS:
         raise _newer_schema(engine, before)
     run_migrations(engine, command.upgrade, "head")
+    from registry.sync import store_walk_statements
+
+    with sessionmaker(engine).begin() as session:  # so that the cold read path works right after an upgrade
+        store_walk_statements(session)
     return before, SCHEMA_REVISION
 
 

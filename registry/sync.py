@@ -42,7 +42,7 @@ def is_current(session: Session, registry: Registry) -> bool:
 def sync(session: Session, registry: Registry) -> list[str]:
     """Returns the changes made, e.g. ["updated stage tulu3-8b:sft"]; [] when already in sync."""
     _lock(session)
-    _store_walk_statements(session)
+    store_walk_statements(session)
     file_hash = content_hash(registry.raw)
     state = session.get(SyncState, FILE_HASH_KEY)
     if state is not None and state.value == file_hash:
@@ -58,13 +58,14 @@ def sync(session: Session, registry: Registry) -> list[str]:
     return changes
 
 
-def _store_walk_statements(session: Session) -> None:
+def store_walk_statements(session: Session) -> None:
     """The lineage walks compiled for this database's dialect, for the cold read path (light_db)."""
     import json
 
     from registry.lineage import compiled_statements
     from registry.light_db import statements_key
 
+    _lock(session)  # concurrent first connections (a brand-new database) would insert the same key
     dialect = session.get_bind().dialect
     value = json.dumps(compiled_statements(dialect), sort_keys=True)
     key = statements_key(dialect.name)

@@ -143,3 +143,18 @@ def test_upgrade_moves_plans_into_shared_documents_and_back(db_url, cli):
 
     assert parsed(back["run-0"].plan) == shared and parsed(back["run-2"].plan) == {"other": 2}
     assert parsed(back["run-1"].deviations)[0]["used"] == 1
+
+
+def test_after_an_upgrade_the_cold_read_path_answers(db_url, cli):
+    from registry import light_db
+    from registry.recipes import load_recipes
+
+    code, _, err = cli("lineage", "tulu3-8b:sft", "--json")  # creates and syncs the database
+    assert code == 0, err
+    _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
+    database._engine_for.cache_clear()
+    assert light_db.lineage_walk(load_recipes(), "tulu3-8b:sft", False, False) is None  # an older schema
+    code, _, err = cli("db", "upgrade")
+    assert code == 0, err
+    node, edges, _ = light_db.lineage_walk(load_recipes(), "tulu3-8b:sft", False, False)
+    assert node == "stage:tulu3-8b:sft" and any(e.relation == "code" for e in edges)
