@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 
 from registry.errors import ReproError, unknown
-from registry.recipes import Registry, load_recipes
+
+if TYPE_CHECKING:  # registry.recipes brings pydantic and the schema: imported when a command needs it
+    from registry.recipes import Registry
 
 def _no_type_for_flags() -> None:
     """typer ≥ 0.2x prints a `<bool>` type beside every on/off flag (--json, --dry-run, even --help); a flag
@@ -60,6 +62,8 @@ def fmt(value: Any) -> str:
 
 
 def registry() -> Registry:
+    from registry.recipes import load_recipes
+
     return load_recipes()
 
 
@@ -69,12 +73,19 @@ def registry() -> Registry:
 @app.command("list")
 def list_cmd(family: Optional[str] = typer.Option(None, "--family", help="tulu3 or smollm2"), as_json: bool = JsonOpt):
     """Every recipe: name, family, size, base model, its stages in order."""
-    reg = registry()
-    families = sorted({r.family for r in reg.recipes.values()})
+    from registry.light_db import indexed_recipes
+
+    indexed = indexed_recipes()  # recipes.json as validated at the last sync, when unchanged since
+    if indexed is not None:
+        recipes = {name: (r["family"], r["size"], r["base_model"], [st["name"] for st in r["stages"]])
+                   for name, r in indexed["recipes"].items()}
+    else:
+        recipes = {name: (r.family, r.size, r.base_model, r.stage_names) for name, r in registry().recipes.items()}
+    families = sorted({r[0] for r in recipes.values()})
     if family is not None and family not in families:
         raise unknown("family", family, families)
-    rows = [{"name": name, "family": r.family, "size": r.size, "base_model": r.base_model, "stages": r.stage_names}
-            for name, r in reg.recipes.items() if family in (None, r.family)]
+    rows = [{"name": name, "family": fam, "size": size, "base_model": base, "stages": stages}
+            for name, (fam, size, base, stages) in recipes.items() if family in (None, fam)]
     if as_json:
         return emit_json(rows)
     from rich.table import Table
@@ -569,6 +580,8 @@ def db_sync_cmd(as_json: bool = JsonOpt):
 @app.command("validate")
 def validate_cmd(path: Optional[str] = typer.Argument(None, help="recipes file (default: the project's)")):
     """Validate a recipes file: schema, references, lineage; one line per problem."""
+    from registry.recipes import load_recipes
+
     reg = load_recipes(path)
     sys.stdout.write(f"{reg.path}: ok ({len(reg.recipes)} recipes, "
                      f"{sum(len(r.stages) for r in reg.recipes.values())} stages)\n")
@@ -578,6 +591,10 @@ def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
     """Run a typer app with the contract's error handling: one line on stderr, exit 2 for bad input."""
     import os
 
+    # typer builds pydantic TypeAdapters to parse options, and pydantic then scans every installed
+    # package's entry points for plugins (~30 ms of each cold command). repro uses no pydantic plugin;
+    # setting the variable yourself still wins.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:  # typer ≥ 0.20 vendors click as typer._click; older typer uses click itself
         from typer._click import exceptions as click_errors
     except ImportError:

@@ -36,3 +36,25 @@ def test_show_table_has_the_metrics_with_protocol_and_source(cli):
     for checkpoint, benchmark, value, source in _expected(raw, "tulu3-8b")[:5]:
         assert benchmark in out and f"{value:g}" in out and source.split()[0] in out
     assert "harness=OLMES" in out
+
+
+def test_list_served_from_the_synced_index_equals_the_validated_list(cli, isolated_home, tmp_path, monkeypatch):
+    from registry import light_db
+    from registry.recipes import content_hash, load_recipes
+
+    commands = (["list", "--json"], ["list"], ["list", "--family", "smollm2", "--json"], ["list", "--family", "x"])
+    live = [cli(*argv) for argv in commands]  # no database yet: validated from the file
+    assert light_db.indexed_recipes() is None
+    code, _, err = cli("db", "sync")
+    assert code == 0, err
+    raw = light_db.indexed_recipes()
+    assert raw is not None and content_hash(raw) == content_hash(load_recipes().raw)
+    assert [cli(*argv) for argv in commands] == live
+    # An edited file is not served from the index: it is validated again.
+    edited = tmp_path / "recipes.json"
+    data = load_recipes().raw
+    edited.write_text(json.dumps({**data, "format_version": "two"}))
+    monkeypatch.setenv("REPRO_RECIPES", str(edited))
+    assert light_db.indexed_recipes() is None
+    code, _, err = cli("list", "--json")
+    assert code == 2 and "format_version" in err
