@@ -156,6 +156,16 @@ def gguf_summary(gguf_path: Path) -> dict[str, Any]:
     return {"tensor_types": dict(sorted(types.items())), "tensors_by_rare_type": minority, "metadata": meta}
 
 
+def _drop_load_options(path: Path) -> None:
+    """transformers saves how the tokenizer was loaded (`local_files_only` follows HF_HUB_OFFLINE) into
+    tokenizer_config.json; that is no property of the tokenizer, and kept it would make the same conversion
+    hash differently online and offline."""
+    config = json.loads(path.read_text())
+    if "local_files_only" in config:
+        del config["local_files_only"]
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def convert(gguf_path: Path, out_dir: Path, spec: dict[str, Any] = SMOLLM2_135M_INSTRUCT,
             wheel: Path | None = None) -> Path:
     """Dequantize a GGUF file into a Hugging Face folder at `out_dir` (written atomically).
@@ -185,6 +195,7 @@ def convert(gguf_path: Path, out_dir: Path, spec: dict[str, Any] = SMOLLM2_135M_
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _drop_load_options(tmp / "tokenizer_config.json")
         record = {
             "record_version": RECORD_VERSION,
             "checkpoint": spec["checkpoint"],
