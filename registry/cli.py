@@ -462,7 +462,7 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
     import socket
 
     from registry.light_db import runs_page
-    from registry.run_status import as_utc, stale_reason
+    from registry.run_status import as_utc, pid_alive, stale_reason
 
     reg = registry()  # a broken recipes.json is reported by every command
     if recipe is not None and recipe not in reg.recipes and not recipe.startswith("external"):
@@ -474,7 +474,7 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
     def row(r) -> dict[str, Any]:  # noqa: ANN001
         # A dead run still recorded as running is reported interrupted without writing it down;
         # `repro db gc` (or the next `repro run`/`eval`) records it.
-        stale = stale_reason(r, host, _pid_alive)
+        stale = stale_reason(r, host, pid_alive)
         return {"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile,
                 "status": "interrupted" if stale else r.status,
                 "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
@@ -517,23 +517,6 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
                          f"{' --recipe ' + recipe if recipe else ''}\n")
 
 
-def _pid_alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); read its state where /proc exists.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 # ---------------------------------------------------------------- db / validate
 
 
@@ -554,9 +537,10 @@ def db_gc_cmd(as_json: bool = JsonOpt):
 
     from registry.database import session_scope
     from registry.queries import mark_stale_runs
+    from registry.run_status import pid_alive
 
     with session_scope() as session:
-        marked = mark_stale_runs(session, socket.gethostname(), _pid_alive)
+        marked = mark_stale_runs(session, socket.gethostname(), pid_alive)
     if as_json:
         return emit_json({"interrupted": marked})
     sys.stdout.write((f"marked {len(marked)} run(s) interrupted: " + ", ".join(marked)) if marked

@@ -33,3 +33,21 @@ def stale_reason(run: Any, hostname: str, pid_alive: Callable[[int], bool], now:
     if now - beat > STALE_AFTER:
         return f"no heartbeat since {beat.isoformat(timespec='seconds')}"
     return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this host is alive (a zombie counts as dead)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); read its state where /proc exists.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

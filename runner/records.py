@@ -28,8 +28,9 @@ from registry.database import session_scope
 from registry.db import RunRow, utcnow
 from registry.errors import ReproError, RunFailed
 from registry.hashing import dvc_hash
-from registry.queries import (add_edges, add_run, add_run_metrics, register_run_checkpoint, replace_run_series,
-                              step_series, update_run)
+from registry.queries import (add_edges, add_run, add_run_metrics, mark_stale_runs, register_run_checkpoint,
+                              replace_run_series, step_series, update_run)
+from registry.run_status import pid_alive
 from runner.plan import RunPlan, runs_root
 
 PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "datasets", "deepspeed", "sqlalchemy", "pydantic",
@@ -234,6 +235,8 @@ def start_run(plan: RunPlan, inputs: dict[str, Any], output_dir: Path | None = N
     claimed: bool | None = None
     try:
         with session_scope() as session:
+            # A write command sweeps runs whose process died (read commands only report them as stale).
+            mark_stale_runs(session, socket.gethostname(), pid_alive)
             add_run(session, row, [])
             _add_edges(session, lineage_for(record))
             if plan.profile == "smoke":

@@ -165,13 +165,13 @@ def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):  # no
     would hide that."""
     import socket
 
-    from registry.cli import _pid_alive
     from registry.database import session_scope
     from registry.queries import get_run, latest_run_with_status, mark_stale_runs
+    from registry.run_status import pid_alive
     from runner.records import RunRecord
 
     with session_scope() as session:
-        mark_stale_runs(session, socket.gethostname(), _pid_alive)
+        mark_stale_runs(session, socket.gethostname(), pid_alive)
         if run_id is not None:
             row = get_run(session, run_id)
             if row is None or (row.recipe, row.stage, row.profile) != (recipe, stage, profile):
