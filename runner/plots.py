@@ -41,31 +41,61 @@ def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[int], l
     elif stage == "pretrain":
         total = hp["train_steps"]
     else:
+        total = None
+    length, per_update = total, 1
+    if total is None:  # a smoke stage: its updates, and its schedule, as the stage itself counts them
         from runner.trainer import updates_for
 
-        rows = sum(1 for d in plan.datasets if d["role"] == "train" for _ in open(d["path"]))
-        total = updates_for(rows, hp.get("per_device_batch_size", 1), hp.get("gradient_accumulation_steps", 1), 1,
-                            int(hp.get("epochs", 1)))
+        examples = _smoke_examples(plan)
+        pd, ga, epochs = hp.get("per_device_batch_size", 1), hp.get("gradient_accumulation_steps", 1), int(
+            hp.get("epochs", 1))
+        total = length = updates_for(examples, pd, ga, 1, epochs)
+        if plan.family == "tulu3" and stage in ("sft", "dpo", "rm"):
+            # Sized as each open-instruct script sized it (quirks 5 and 20), as stages/common.py does.
+            length, per_update = schedules.open_instruct_schedule(stage, examples, pd, ga, 1, epochs)
     if not total:
         raise ReproError(f"the total optimizer steps of {recipe}:{stage} ({profile}) are not derivable from the "
                          "recorded values")
     convention = "open-instruct" if plan.family == "tulu3" else "hf-trainer"
     warmup = hp.get("warmup_steps")
     if warmup is None:
-        warmup = schedules.warmup_steps_for(total, hp.get("warmup_ratio", 0.0), convention)
+        warmup = schedules.warmup_steps_for(length, hp.get("warmup_ratio", 0.0), convention)
     kwargs = {}
     if hp.get("lr_scheduler") == "wsd":
-        kwargs = {"peak": hp["learning_rate"], "min_lr": hp.get("min_learning_rate", 0.0),
+        kwargs = {"peak": hp["learning_rate"], "min_lr": hp.get("min_learning_rate"),  # unset: the peak (nanotron)
                   "decay_start": hp.get("decay_start_step"), "decay_steps": hp.get("decay_steps"),
                   "decay_style": hp.get("decay_style", "linear")}
-    fn = schedules.build_schedule(hp.get("lr_scheduler", "linear"), total, warmup, **kwargs)
+    fn = schedules.build_schedule(hp.get("lr_scheduler", "linear"), length, warmup, **kwargs)
     stride = max(1, total // 4000)  # millions of steps: plot a thinned curve, exact at the sampled points
     # x is the optimizer update itself, not the sample's index: a thinned curve must still put the
     # warmup's end at its update (440 for the Tülu 3 8B SFT, sampled every 3rd update).
     updates = list(range(0, total, stride))
-    points = [hp["learning_rate"] * fn(k) for k in updates]
+    points = [schedules.lr_at_update(fn, k + 1, per_update, hp["learning_rate"]) for k in updates]
     label = f"{hp.get('lr_scheduler')} · peak {hp['learning_rate']:g} · {total:,} updates · warmup {warmup:,}"
+    if (length, per_update) != (total, 1):
+        label += f" · schedule of {length:,} steps" + (f", {per_update} per update" if per_update > 1 else "")
     return updates, points, label if stride == 1 else label + f" (every {stride} updates)"
+
+
+def _smoke_examples(plan) -> int:  # noqa: ANN001
+    """How many training examples the smoke stage forms from its data, encoded as the stage encodes it (SFT
+    packs rows into blocks; DPO drops and the RM filters over-long pairs)."""
+    from runner.stagekit import fixture_tokenizer, train_rows
+
+    rows, tokenizer = train_rows(plan), fixture_tokenizer(plan)
+    if plan.stage == "sft":
+        from runner.stages.sft import encode
+
+        return len(encode(plan, rows, tokenizer)[0])
+    if plan.stage == "dpo":
+        from runner.stages.dpo import encode_pairs
+
+        return len(encode_pairs(plan, rows, tokenizer)[0])
+    if plan.stage == "rm":
+        from runner.stages import rm
+
+        return len(rm.encode_pairs(rows, tokenizer, plan.chat_template, rm.token_limit(plan))[0])
+    return len(rows)
 
 
 def schedule_figure(recipe: str, stage: str, profile: str):  # noqa: ANN201

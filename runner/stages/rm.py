@@ -42,6 +42,11 @@ def load_reward_model(path, seed: int):  # noqa: ANN001, ANN201
     return model
 
 
+def token_limit(plan) -> int:  # noqa: ANN001
+    """reward_modeling.py filters pairs longer than this (max_token_length, capped by the prompt limit)."""
+    return min(plan.hp("max_seq_length", 2048), plan.hp("max_prompt_length", 2048) or 2048)
+
+
 def encode_pairs(rows: list[dict[str, Any]], tokenizer, template: str, max_tokens: int) -> tuple[list[dict], int]:  # noqa: ANN001
     out, filtered = [], 0
     for row in rows:
@@ -75,7 +80,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model = load_reward_model(parent, seed)
     model.config.pad_token_id = tokenizer.pad_token_id
     pad = tokenizer.pad_token_id
-    limit = min(plan.hp("max_seq_length", 2048), plan.hp("max_prompt_length", 2048) or 2048)
+    limit = token_limit(plan)
     pairs, filtered = encode_pairs(train_rows(plan), tokenizer, plan.chat_template, limit)
     trainer, total = build_trainer(ctx, {"model": model}, list(model.parameters()), len(pairs))
     net = trainer.wrapped or model
