@@ -36,36 +36,22 @@ def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[int], l
     hp = plan.hyperparameters
     if profile == "recorded":
         total = optimizer_steps(reg.model, reg.stage(recipe, stage))
+        if not total:
+            raise ReproError(f"the total optimizer steps of {recipe}:{stage} ({profile}) are not derivable from "
+                             "the recorded values")
     elif stage == "rlvr":
         total = hp["total_episodes"] // hp["effective_batch_size"] * hp.get("num_ppo_epochs", 1)
     elif stage == "pretrain":
         total = hp["train_steps"]
     else:
         total = None
-    length, per_update = total, 1
-    if total is None:  # a smoke stage: its updates, and its schedule, as the stage itself counts them
-        from runner.trainer import updates_for
+    from runner.stages.common import schedule_spec
 
-        examples = _smoke_examples(plan)
-        pd, ga, epochs = hp.get("per_device_batch_size", 1), hp.get("gradient_accumulation_steps", 1), int(
-            hp.get("epochs", 1))
-        total = length = updates_for(examples, pd, ga, 1, epochs)
-        if plan.family == "tulu3" and stage in ("sft", "dpo", "rm"):
-            # Sized as each open-instruct script sized it (quirks 5 and 20), as stages/common.py does.
-            length, per_update = schedules.open_instruct_schedule(stage, examples, pd, ga, 1, epochs)
-    if not total:
-        raise ReproError(f"the total optimizer steps of {recipe}:{stage} ({profile}) are not derivable from the "
-                         "recorded values")
-    convention = "open-instruct" if plan.family == "tulu3" else "hf-trainer"
-    warmup = hp.get("warmup_steps")
-    if warmup is None:
-        warmup = schedules.warmup_steps_for(length, hp.get("warmup_ratio", 0.0), convention)
-    kwargs = {}
-    if hp.get("lr_scheduler") == "wsd":
-        kwargs = {"peak": hp["learning_rate"], "min_lr": hp.get("min_learning_rate"),  # unset: the peak (nanotron)
-                  "decay_start": hp.get("decay_start_step"), "decay_steps": hp.get("decay_steps"),
-                  "decay_style": hp.get("decay_style", "linear")}
-    fn = schedules.build_schedule(hp.get("lr_scheduler", "linear"), length, warmup, **kwargs)
+    # A smoke tuning stage: its updates and schedule as the stage itself sizes them, from its examples.
+    spec = schedule_spec(plan, _smoke_examples(plan) if total is None else None, total, 1)
+    total, length, per_update = spec.total_updates, spec.schedule_steps, spec.steps_per_update
+    warmup = spec.warmup_steps
+    fn = schedules.build_schedule(hp.get("lr_scheduler", "linear"), length, warmup, **spec.wsd)
     stride = max(1, total // 4000)  # millions of steps: plot a thinned curve, exact at the sampled points
     # x is the optimizer update itself, not the sample's index: a thinned curve must still put the
     # warmup's end at its update (440 for the Tülu 3 8B SFT, sampled every 3rd update).

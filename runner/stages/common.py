@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from runner import schedules
@@ -15,23 +16,29 @@ def warmup_convention(plan) -> str:  # noqa: ANN001
     return "open-instruct" if plan.family == "tulu3" else "hf-trainer"
 
 
-def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int | None = None) -> LoopConfig:
-    plan = ctx.plan
+@dataclass
+class ScheduleSpec:
+    """The learning-rate schedule of a stage as the recorded code sized it (the trainer and the plot)."""
+
+    total_updates: int
+    schedule_steps: int
+    steps_per_update: int
+    warmup_steps: int
+    wsd: dict[str, Any]
+
+
+def schedule_spec(plan, num_examples: int | None, total_updates: int | None, world: int) -> ScheduleSpec:  # noqa: ANN001
     pd = plan.hp("per_device_batch_size", 1)
     ga = plan.hp("gradient_accumulation_steps", 1)
+    epochs = int(plan.hp("epochs", 1))
     if total_updates is None:
-        total_updates = updates_for(num_examples, pd, ga, ctx.world, int(plan.hp("epochs", 1)))
-    stop_after = None
-    if ctx.max_updates is not None and ctx.max_updates < total_updates:
-        stop_after = ctx.max_updates
-        plan.deviate("optimizer_steps", total_updates, stop_after,
-                     "--max-steps on the command line (the schedule keeps its full length)")
+        total_updates = updates_for(num_examples, pd, ga, world, epochs)
     schedule_steps, steps_per_update = total_updates, 1
     if plan.family == "tulu3" and num_examples is not None and plan.stage in ("sft", "dpo", "rm"):
-        # The schedule's length as each open-instruct script computed it (semantics.md quirk 5), which
-        # is not the update count this run performs once the data is sharded over several processes.
-        schedule_steps, steps_per_update = schedules.open_instruct_schedule(
-            plan.stage, num_examples, pd, ga, ctx.world, int(plan.hp("epochs", 1)))
+        # The schedule's length as each open-instruct script computed it (semantics.md quirks 5 and 20),
+        # which is not the update count this run performs once the data is sharded over several processes.
+        schedule_steps, steps_per_update = schedules.open_instruct_schedule(plan.stage, num_examples, pd, ga, world,
+                                                                            epochs)
     warmup = plan.hp("warmup_steps")
     if warmup is None:
         warmup = schedules.warmup_steps_for(schedule_steps, plan.hp("warmup_ratio", 0.0), warmup_convention(plan))
@@ -40,13 +47,25 @@ def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int 
         wsd = {"peak": plan.hp("learning_rate"), "min_lr": plan.hp("min_learning_rate"),  # unset: the peak (nanotron)
                "decay_start": plan.hp("decay_start_step"), "decay_steps": plan.hp("decay_steps"),
                "decay_style": plan.hp("decay_style", "linear")}
+    return ScheduleSpec(total_updates, schedule_steps, steps_per_update, warmup, wsd)
+
+
+def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int | None = None) -> LoopConfig:
+    plan = ctx.plan
+    spec = schedule_spec(plan, num_examples, total_updates, ctx.world)
+    stop_after = None
+    if ctx.max_updates is not None and ctx.max_updates < spec.total_updates:
+        stop_after = ctx.max_updates
+        plan.deviate("optimizer_steps", spec.total_updates, stop_after,
+                     "--max-steps on the command line (the schedule keeps its full length)")
     return LoopConfig(
-        per_device=pd, accumulation=ga, learning_rate=plan.hp("learning_rate"), total_updates=total_updates,
-        scheduler=plan.hp("lr_scheduler", "linear"), warmup_steps=warmup, seed=plan.hp("seed", 0),
+        per_device=plan.hp("per_device_batch_size", 1), accumulation=plan.hp("gradient_accumulation_steps", 1),
+        learning_rate=plan.hp("learning_rate"), total_updates=spec.total_updates,
+        scheduler=plan.hp("lr_scheduler", "linear"), warmup_steps=spec.warmup_steps, seed=plan.hp("seed", 0),
         weight_decay=plan.hp("weight_decay", 0.0),
         betas=(plan.hp("adam_beta1", 0.9), plan.hp("adam_beta2", 0.999)), eps=plan.hp("adam_epsilon", 1e-8),
-        max_grad_norm=plan.hp("max_grad_norm", 1.0), wsd=wsd, steps_per_update=steps_per_update,
-        stop_after=stop_after, schedule_steps=schedule_steps,
+        max_grad_norm=plan.hp("max_grad_norm", 1.0), wsd=spec.wsd, steps_per_update=spec.steps_per_update,
+        stop_after=stop_after, schedule_steps=spec.schedule_steps,
     )
 
 
