@@ -620,33 +620,3 @@ def plan_layout(registry: Registry, recipe: str, stage: str, gpus: int, gpu_memo
         result.warnings.append("per-device batch differs from the recording: a per-micro-batch mean loss over "
                                "unpacked sequences weighs tokens differently")
     return result
-
-
-def check_layout(registry: Registry, recipe: str, stage: str, num_processes: int, per_device: int,
-                 accumulation: int, *, gpu_memory_gb: float = 80.0, zero_stage: int | None = None,
-                 offload: bool | None = None, gradient_checkpointing: bool | None = None,
-                 nodes: int | None = None) -> list[Invariant]:
-    """The invariants a user-given layout keeps or breaks (kept=False names the broken ones).
-
-    RLVR: num_processes is the actor GPU count and per_device × accumulation the local mini-batch
-    (= local rollout batch, one mini-batch); the vLLM engines are the recorded ones.
-    """
-    for name, value in (("num_processes", num_processes), ("per_device_batch_size", per_device),
-                        ("gradient_accumulation_steps", accumulation)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ReproError(f"{name} must be a positive integer (got {value!r})")
-    ctx = _context(registry, recipe, stage, gpu_memory_gb)
-    relief = _relief_of(ctx, zero_stage, offload)
-    gc = ctx.gc_recorded if gradient_checkpointing is None else gradient_checkpointing
-    if ctx.stage.name == "rlvr":
-        lay_rec = ctx.stage.layout
-        tp, engines = lay_rec.vllm_tensor_parallel_size or 1, lay_rec.vllm_engines or 1
-        gpus = num_processes + tp * engines
-        lay = _rl_layout(ctx, num_processes, nodes or math.ceil(gpus / GPUS_PER_NODE), per_device,
-                         per_device * accumulation, relief, gc, engines, tp, None)
-    else:
-        gpus = num_processes
-        lay = _dp_layout(ctx, num_processes, nodes or math.ceil(gpus / GPUS_PER_NODE), per_device, accumulation,
-                         relief, gc)
-    per_node = max(_node_sizes(gpus, nodes if nodes and gpus % nodes == 0 else None))
-    return _invariants(ctx, lay, _measure(ctx, lay, per_node), gpus, per_node)

@@ -12,7 +12,7 @@ import typer
 
 from registry.errors import ReproError
 from registry.recipes import load_recipes
-from runner.planner import PlannedLayout, check_layout, memory_per_gpu, minimum_gpus, plan_layout
+from runner.planner import PlannedLayout, memory_per_gpu, minimum_gpus, plan_layout
 
 
 @pytest.fixture(scope="module")
@@ -128,18 +128,6 @@ def test_too_many_gpus_for_the_batch(reg):
     result = plan_layout(reg, "tulu3-8b", "sft", 256)
     assert "effective_batch" in result.broken
     assert result.alternatives[0]["gpus"] == 128
-
-
-def test_check_layout_names_broken_invariants(reg):
-    broken = lambda invs: [i.name for i in invs if not i.kept]  # noqa: E731
-    assert broken(check_layout(reg, "tulu3-8b", "sft", 8, 1, 16)) == []
-    assert broken(check_layout(reg, "tulu3-8b", "sft", 8, 2, 8)) == ["per_device_one_for_sum_loss"]
-    assert broken(check_layout(reg, "tulu3-8b", "sft", 8, 1, 64)) == ["effective_batch"]
-    assert "memory_fits" in broken(check_layout(reg, "tulu3-70b", "sft", 8, 1, 16, offload=False))
-    assert broken(check_layout(reg, "tulu3-70b", "rlvr", 40, 1, 16)) == []
-    assert broken(check_layout(reg, "tulu3-70b", "rlvr", 40, 1, 8)) == ["rollout_batch"]
-    with pytest.raises(ReproError):
-        check_layout(reg, "tulu3-8b", "sft", 0, 1, 16)
 
 
 @pytest.mark.parametrize("kwargs, message", [
