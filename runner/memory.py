@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from registry.errors import ReproError
 from registry.schema import Architecture
 
 GIB = 2**30
