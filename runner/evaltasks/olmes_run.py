@@ -1,0 +1,93 @@
+"""One OLMES (Tülu 3) task on a model: prompts, batched greedy generation, scoring, per-part metrics.
+
+The prompt is the model's own chat template applied to the multi-turn few-shot conversation
+(olmes_tasks.chat_messages) with the generation prompt, as OLMES's `::tulu` configs run
+(use_chat_format, fewshot_as_multiturn). Generation is greedy, `max_gen_toks` new tokens, inputs
+left-truncated to oe-eval.sh's max_length 4096 minus that; it stops at EOS and the continuation is
+cut at the task's stop strings. A part's value is the mean of the task's metric over its rows; a
+suite of parts (minerva_math::tulu) is their macro average.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from typing import Any
+
+from registry.errors import ReproError
+from runner.evaltasks import data as eval_data
+from runner.evaltasks import olmes_tasks as ot
+
+
+def _se(values: list[int]) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    p = sum(values) / n
+    return math.sqrt(p * (1 - p) / n)
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...]) -> str:
+    """The continuation up to the first occurrence of any stop string (the stop string excluded)."""
+    end = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:end]
+
+
+def build_prompt(task: ot.OlmesTask, shots: list[ot.Shot], doc: dict[str, Any], tokenizer) -> str:  # noqa: ANN001
+    if not getattr(tokenizer, "chat_template", None):
+        raise ReproError(f"{task.task} runs with the model's chat template (use_chat_format) and this tokenizer "
+                         "has none; give the checkpoint its chat template")
+    return tokenizer.apply_chat_template(ot.chat_messages(shots, task.text(doc)), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def run_olmes_task(task: ot.OlmesTask, model, tokenizer, *, limit: int | None, progress: bool = True,  # noqa: ANN001
+                   gen_batch: int = 8) -> dict[str, Any]:
+    from runner.evaltasks.engine import Generator, Progress
+
+    parts_out, details = [], []
+    deviations = list(task.notes)
+    tokens_generated, seconds = 0, 0.0
+    eos = sorted({tokenizer.eos_token_id} | ({model.generation_config.eos_token_id}
+                                              if isinstance(model.generation_config.eos_token_id, int) else set()))
+    for part in task.parts:
+        loaded = eval_data.load(part.source)
+        shots = ot.parse_shots(ot.fewshot_prefix(part.source, task.text), task.head, task.sep)
+        if len(shots) != task.shots:
+            raise eval_data.DatasetError(f"{part.source}: {len(shots)} few-shot examples, {task.task} uses {task.shots}")
+        picked = ot.select(len(loaded.rows), limit, task.subsample_seed)
+        # The template already holds the special tokens it wants (BOS included where it writes one).
+        prompts = [tokenizer.encode(build_prompt(task, shots, loaded.rows[i], tokenizer), add_special_tokens=False)
+                   for i in picked]
+        bar = Progress(f"{task.name}/{part.name}", len(picked), enabled=progress)
+        t0 = time.perf_counter()
+        outs, tokens = Generator(model, tokenizer, batch_size=gen_batch, max_length=ot.MAX_LENGTH).generate(
+            prompts, task.max_gen_toks, eos, progress=bar.advance)
+        seconds += time.perf_counter() - t0
+        tokens_generated += tokens
+        texts = [cut_at_stops(tokenizer.decode(o, skip_special_tokens=True), task.stop_sequences) for o in outs]
+        scores = [task.score(t, loaded.rows[i]) for t, i in zip(texts, picked)]
+        values = [s[task.metric] for s in scores]
+        details += [{"part": part.name, "row": i, "prediction": t, "scores": s} for i, t, s in zip(picked, texts, scores)]
+        parts_out.append({"part": part.name, "value": 100.0 * sum(values) / len(values), "n": len(values),
+                          "n_total": len(loaded.rows), "standard_error": 100.0 * _se(values),
+                          "metrics": {k: 100.0 * sum(s[k] for s in scores) / len(scores) for k in scores[0]},
+                          "subset_indices_sha256": hashlib.sha256(json.dumps(picked).encode()).hexdigest(),
+                          **loaded.record()})
+    k = len(parts_out)
+    value = sum(p["value"] for p in parts_out) / k
+    se = math.sqrt(sum(p["standard_error"] ** 2 for p in parts_out)) / k
+    n, n_total = sum(p["n"] for p in parts_out), sum(p["n_total"] for p in parts_out)
+    if n < n_total:
+        deviations.insert(0, f"subset: {n} of {n_total} items (random.Random({task.subsample_seed}).sample of "
+                             f"{limit}" + (" per part)" if k > 1 else ")"))
+    metrics = {m: sum(p["metrics"][m] for p in parts_out) / k for m in parts_out[0]["metrics"]}
+    data_sha = hashlib.sha256("".join(p["data_sha256"] for p in parts_out).encode()).hexdigest()
+    return {"task": task, "value": value, "n": n, "n_total": n_total, "standard_error": se, "parts": parts_out,
+            "deviations": deviations, "data_sha256": data_sha, "details": details, "use_chat_template": True,
+            "seconds": seconds, "tokens_generated": tokens_generated, "metrics": metrics}
+
+
+__all__ = ["run_olmes_task", "build_prompt", "cut_at_stops"]
