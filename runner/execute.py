@@ -113,27 +113,11 @@ def _own_output(path: Path, checkpoint: str | None, registry: Registry) -> dict[
 
 
 def preflight(plan: RunPlan) -> None:
-    """Check every data file before anything is written: a bad row is bad input (exit 2), named by its row."""
-    from runner.data.fixtures import FixtureError, load_fixture
+    """Load and check every dataset before anything is written: bad data is bad input (exit 2), named by its
+    row. The same loader the stages read through (runner/data/hub.py)."""
+    from runner.data import hub
 
-    entries = [d for d in plan.datasets if d.get("path")] + ([plan.heldout] if plan.heldout else [])
-    for entry in entries:
-        try:
-            rows = load_fixture(entry["path"], entry["schema"])
-        except FixtureError as exc:
-            raise ReproError(str(exc)) from None
-        except FileNotFoundError:
-            raise ReproError(f"data file not found: {entry['path']}") from None
-        if entry["schema"] == "rlvr":
-            from runner import verifiers
-
-            for i, row in enumerate(rows, start=1):
-                try:
-                    problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
-                except ValueError as exc:
-                    problem = str(exc)
-                if problem:
-                    raise ReproError(f"{entry['path']} row {i}: malformed ground truth: {problem}")
+    hub.preflight(plan)
 
 
 def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord | None = None,

@@ -154,26 +154,17 @@ def input_path(plan: RunPlan, role: str) -> Path | None:
 
 
 def load_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    from runner.data.fixtures import load_fixture
+    """One dataset split's rows, through the one data path (runner/data/hub.py) whatever the profile."""
+    from runner.data import hub
 
-    return load_fixture(entry["path"], entry["schema"])
+    return hub.load_split(entry)
 
 
 def train_rows(plan: RunPlan) -> list[dict[str, Any]]:
-    """Rows of the training mixture, mixed with the recorded code's semantics."""
-    from runner.data import mixer
+    """Rows of the training mixture, mixed with the recorded code's semantics (runner/data/hub.py)."""
+    from runner.data import hub
 
-    train = [d for d in plan.datasets if d["role"] == "train"]
-    if not train:
-        raise ReproError(f"{plan.recipe}:{plan.stage} has no training data in its plan")
-    by_name = {d["dataset"]: d for d in train}
-    if plan.family == "tulu3" and plan.stage in ("sft", "dpo"):
-        pairs = [(d["dataset"], d["weight"] or "1.0") for d in train]
-        return mixer.mix_release_list(pairs, lambda name: load_rows(by_name[name]), seed=42)
-    rows: list[dict[str, Any]] = []
-    for d in train:
-        rows += load_rows(d)
-    return rows
+    return hub.train_rows(plan)
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -21,17 +21,21 @@ from typing import Any
 
 import torch
 
-from runner import losses, smoke
-from runner.data.fixtures import load_fixture
+from runner import losses
 from runner.stagekit import (StageContext, fresh_causal_lm, input_path, load_causal_lm, load_tokenizer,
-                             fixture_tokenizer, save_checkpoint, set_determinism, write_metrics_file)
+                             fixture_tokenizer, load_rows, save_checkpoint, set_determinism, write_metrics_file)
 from runner.stages.common import build_trainer, drive
 
+FIXTURE_COMPONENT = "fixture:pretrain/"  # the smoke plan's names for the fixture components
 
-def component_blocks(tokenizer, seq_len: int) -> dict[str, list[list[int]]]:  # noqa: ANN001
+
+def component_blocks(plan, tokenizer, seq_len: int) -> dict[str, list[list[int]]]:  # noqa: ANN001
+    """Each component's documents tokenized, joined with EOS and cut into sequences (read through the one
+    data path, runner/data/hub.py)."""
     blocks = {}
-    for name in smoke.PRETRAIN_COMPONENTS:
-        rows = load_fixture(smoke.FIXTURES / "smollm2" / "pretrain" / f"{name}.jsonl", "text")
+    for entry in [d for d in plan.datasets if d["role"] == "train"]:
+        name = entry["dataset"].removeprefix(FIXTURE_COMPONENT)
+        rows = load_rows(entry)
         stream: list[int] = []
         for row in rows:
             stream += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -81,7 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         plan.model["spec"]["initializer_range"] = plan.hp("init_std", plan.model["spec"].get("initializer_range"))
         model = fresh_causal_lm(plan, tokenizer, "pretraining starts from a random init, as recorded")
         plan.deviations = [d for d in plan.deviations if d["key"] not in ("init", "model.initializer_range")]
-    blocks = component_blocks(tokenizer, seq_len)
+    blocks = component_blocks(plan, tokenizer, seq_len)
     phases = plan.phases
     updates = plan.hp("train_steps")
     pd, ga = plan.hp("per_device_batch_size"), plan.hp("gradient_accumulation_steps", 1)
@@ -117,7 +121,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                              "train_loss_last": steps[-1]["loss"] if steps else None,
                              "optimizer_steps": total, "tokens": total * seqs * seq_len, "phases": len(phases)}
     if plan.heldout:
-        final.update(heldout_loss(model, tokenizer, plan.heldout["path"], seq_len))
+        final.update(heldout_loss(model, tokenizer, plan.heldout, seq_len))
     ctx.record.final_metrics.update(final)
     save_checkpoint(ctx, model, tokenizer, datasets=sorted({n for p in phases for n in p["mixture"]}), base_model=None)
     write_metrics_file(ctx)
@@ -136,9 +140,9 @@ def _phase_events(steps: list[dict[str, Any]], phases: list[dict[str, Any]]) -> 
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, path: str, seq_len: int) -> dict[str, float]:  # noqa: ANN001
+def heldout_loss(model, tokenizer, entry: dict[str, Any], seq_len: int) -> dict[str, float]:  # noqa: ANN001
     stream: list[int] = []
-    for row in load_fixture(path, "text"):
+    for row in load_rows(entry):
         stream += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     blocks = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
     total, count = 0.0, 0

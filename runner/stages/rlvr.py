@@ -32,10 +32,10 @@ import torch
 
 from registry.errors import ReproError
 from runner import losses, schedules, state, verifiers
-from runner.data.fixtures import load_fixture
+from runner.data import hub
 from runner.data.templates import render
 from runner.generation import generate
-from runner.stagekit import (StageContext, input_path, load_causal_lm, load_tokenizer, report_total,
+from runner.stagekit import (StageContext, input_path, load_causal_lm, load_rows, load_tokenizer, report_total,
                              save_checkpoint, set_determinism, write_metrics_file)
 from runner.stages.rm import load_reward_model
 from runner.trainer import epoch_order, fault_injection, require_finite
@@ -50,10 +50,10 @@ def prompt_rows(plan, tokenizer) -> tuple[list[dict[str, Any]], int]:  # noqa: A
     max_prompt = plan.hp("max_prompt_length")
     max_total = plan.hp("max_seq_length")
     for entry in [d for d in plan.datasets if d["role"] == "train"]:
-        for i, row in enumerate(load_fixture(entry["path"], entry["schema"]), start=1):
+        for i, row in enumerate(load_rows(entry), start=1):
             problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
             if problem:
-                raise ReproError(f"{entry['path']} row {i}: malformed ground truth: {problem}")
+                raise ReproError(f"{hub.label(entry)} row {i}: malformed ground truth: {problem}")
             messages = row["messages"][:-1] if len(row["messages"]) > 1 else row["messages"]
             ids = tokenizer(render(messages, plan.chat_template, tokenizer.eos_token, add_generation_prompt=True),
                             add_special_tokens=False)["input_ids"]
@@ -376,7 +376,7 @@ def _load_trained_head(model, path) -> None:  # noqa: ANN001
 @torch.no_grad()
 def evaluate_prompts(policy, tokenizer, plan, version: str) -> dict[str, float]:  # noqa: ANN001
     """Greedy accuracy on the held-out prompts (the in-loop eval of the recorded run)."""
-    rows = load_fixture(plan.heldout["path"], plan.heldout["schema"])
+    rows = load_rows(plan.heldout)
     prompts = [render(r["messages"][:1], plan.chat_template, tokenizer.eos_token, add_generation_prompt=True)
                for r in rows]
     comps = generate(policy, tokenizer, prompts, max_new_tokens=plan.hp("response_length"), temperature=0.0)
