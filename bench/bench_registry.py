@@ -37,7 +37,11 @@ TARGET_VS_DVC = 10.0
 def _env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
-    env["REPRO_HOME"] = str(home)  # a scratch registry database: the bench never touches the user's
+    # A scratch registry database (the bench never touches the user's), found the way a user's default one
+    # is: no REPRO_HOME, so repro resolves its data directory through platformdirs (XDG_DATA_HOME/repro).
+    for var in ("REPRO_HOME", "REPRO_DATABASE_URL", "REPRO_RECIPES"):
+        env.pop(var, None)
+    env["XDG_DATA_HOME"] = str(home)
     env["REPRO_RUNS_DIR"] = str(home / "runs")
     return env
 
@@ -78,9 +82,11 @@ def dvc_project(scratch: Path) -> tuple[Path, str]:
 
 
 def import_profile(env: dict[str, str], top: int = 12) -> list[tuple[int, str]]:
-    """(cumulative microseconds, module) of the most expensive imports of `runner.cli`, top-level ones first."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "from runner.cli import main"], cwd=ROOT,
-                          env=env, capture_output=True, text=True)
+    """(cumulative microseconds, module) of the most expensive imports of `repro list --json` (runner.cli's
+    main with that argv, so lazily imported modules count), top-level ones first."""
+    probe = "import sys; sys.argv = ['repro', 'list', '--json']; from runner.cli import main; main()"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", probe], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
     rows = []
     for line in done.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
@@ -166,7 +172,7 @@ def main() -> None:
         ok_abs = lst <= TARGET_LIST_S
         ok_rel = dvc / lst >= TARGET_VS_DVC
         if not ok_abs or args.profile:
-            print("\nimport profile of runner.cli (cumulative µs, python -X importtime):")
+            print("\nimport profile of `repro list --json` (cumulative µs, python -X importtime):")
             for us, name in import_profile(env):
                 print(f"  {us / 1000:8.1f} ms  {name}")
         print(f"\nSUMMARY repro list {lst:.3f} s (live {live:.3f} s, {live / lst:.2f}x; "

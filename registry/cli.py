@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import typer
 
 from registry.errors import ReproError, unknown
+from registry.lean import console, emit_json, failure_exit, list_command
 
 if TYPE_CHECKING:  # registry.recipes brings pydantic and the schema: imported when a command needs it
     from registry.recipes import Registry
@@ -43,16 +44,6 @@ app.add_typer(db_app, name="db")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 
 
-def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def console():
-    from rich.console import Console
-
-    return Console(soft_wrap=False, width=max(150, Console().width))
-
-
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -73,29 +64,7 @@ def registry() -> Registry:
 @app.command("list")
 def list_cmd(family: Optional[str] = typer.Option(None, "--family", help="tulu3 or smollm2"), as_json: bool = JsonOpt):
     """Every recipe: name, family, size, base model, its stages in order."""
-    from registry.light_db import indexed_recipes
-
-    indexed = indexed_recipes()  # recipes.json as validated at the last sync, when unchanged since
-    if indexed is not None:
-        recipes = {name: (r["family"], r["size"], r["base_model"], [st["name"] for st in r["stages"]])
-                   for name, r in indexed["recipes"].items()}
-    else:
-        recipes = {name: (r.family, r.size, r.base_model, r.stage_names) for name, r in registry().recipes.items()}
-    families = sorted({r[0] for r in recipes.values()})
-    if family is not None and family not in families:
-        raise unknown("family", family, families)
-    rows = [{"name": name, "family": fam, "size": size, "base_model": base, "stages": stages}
-            for name, (fam, size, base, stages) in recipes.items() if family in (None, fam)]
-    if as_json:
-        return emit_json(rows)
-    from rich.table import Table
-
-    table = Table(title="recipes")
-    for col in ("recipe", "family", "size", "base model", "stages"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(row["name"], row["family"], row["size"], row["base_model"], " → ".join(row["stages"]))
-    console().print(table)
+    list_command(family, as_json)  # registry.lean serves it without typer when it can
 
 
 def stage_document(reg: Registry, recipe_name: str, stage_name: str) -> dict[str, Any]:
@@ -591,10 +560,7 @@ def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
         result = application(args=argv, standalone_mode=False, prog_name="repro")
         return result if isinstance(result, int) else 0
     except ReproError as exc:
-        if os.environ.get("REPRO_DEBUG") == "1":
-            raise
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
+        return failure_exit(exc)
     except exit_types as exc:
         return exc.exit_code
     except abort_types:
@@ -607,12 +573,7 @@ def run_app(application: typer.Typer, argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc.format_message()}\n")
         return exc.exit_code
     except OSError as exc:  # an environment fault no command anticipated is still one line, never a traceback
-        if os.environ.get("REPRO_DEBUG") == "1":
-            raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        sys.stderr.write(f"error: {exc.strerror or exc}{where}; check that the path exists, is writable and has "
-                         "free space (REPRO_DEBUG=1 for the traceback)\n")
-        return 2
+        return failure_exit(exc)
 
 
 def main() -> None:

@@ -12,9 +12,12 @@ SCHEMA_REVISION = "0003_step_series"
 
 
 def default_url() -> str:
-    from platformdirs import user_data_dir
+    home = os.environ.get("REPRO_HOME")
+    if not home:
+        from platformdirs import user_data_dir  # only when needed: it imports tempfile and random
 
-    data = Path(os.environ.get("REPRO_HOME") or user_data_dir("repro", appauthor=False))
+        home = user_data_dir("repro", appauthor=False)
+    data = Path(home)
     data.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{data / 'repro.db'}"
 

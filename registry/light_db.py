@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import quote
 
 from registry.dbinfo import SCHEMA_REVISION, database_url
-from registry.lineage_tree import Edge
 
 FILE_HASH_KEY = "recipes_file_hash"  # registry.sync.FILE_HASH_KEY
 
@@ -105,6 +104,7 @@ def _ready(db: LightDB, file_hash: str) -> dict[str, Any] | None:
 
 def lineage_walk(reg, target: str, downstream: bool, with_outputs: bool):  # noqa: ANN001, ANN201
     """(node, edges, output edges) of one unbounded walk, or None when this path cannot answer."""
+    from registry.lineage_tree import Edge  # here, not at the top: its dataclasses import slows `repro list`
     from registry.recipes import content_hash
 
     try:
