@@ -1,28 +1,34 @@
-"""Write dvc.yaml: the miniature (smoke-profile) pipelines of every recipe in recipes.json.
+"""Write dvc.yaml and its params files: the miniature (smoke-profile) pipelines of every recipe in recipes.json.
 
-    python pipelines/generate.py           # rewrite dvc.yaml
-    python pipelines/generate.py --check   # exit 1 if dvc.yaml differs from what recipes.json implies
+    python pipelines/generate.py           # rewrite dvc.yaml and pipelines/params/
+    python pipelines/generate.py --check   # exit 1 if either differs from what recipes.json implies
+    python pipelines/generate.py --params  # rewrite pipelines/params/ only (the `params` DVC stage runs this)
 
 One DVC stage per recipe stage, named RECIPE-STAGE (recipe names end in a size, stage
 names have no hyphen), running `repro run RECIPE --stage STAGE --profile smoke` into
 pipelines/RECIPE/STAGE/. Per stage:
 
-- deps: the code (runner/ and registry/; .dvcignore drops __pycache__), the fixture
-  files its smoke plan reads (the whole family fixture directory for a stage that starts
-  from scratch, since it builds the miniature tokenizer from all of them), and the
+- deps: the code (runner/ and registry/ whole, see CODE_DEPS; .dvcignore drops __pycache__),
+  the fixture files its smoke plan reads (the whole family fixture directory for a stage that
+  starts from scratch, since it builds the miniature tokenizer from all of them), and the
   checkpoints of the stages that produce its inputs.
-- params: the values this stage's miniature is built from, one scalar key each: every
-  canonical hyperparameter of the stage (`...stages.N.hyperparameters.KEY.value`), the
-  recipe's architecture values, and the two non-hyperparameter fields the smoke run reads
-  (the stage's dataset list, whose weights the mixer uses, its code entry point, which
-  picks the DPO reference mode, an RLVR stage's verifier version and a pretrain stage's
-  phases). Sources and notes are not tracked: tracking whole stage
-  objects made `dvc params diff --all` print 6 MB of provenance. Editing one recipe (or one
-  stage) invalidates nothing else. DVC splits param keys on dots; a recipe name with a dot
-  (smollm2-1.7b) is addressed with a one-character glob (`smollm2-1?7b`), which dpath
-  resolves; tests/test_dvc.py fails if a glob ever matches more than one recipe.
+- params: every value in pipelines/params/RECIPE-STAGE.json, a flat view of the recipes.json
+  values this stage's miniature is built from: each canonical hyperparameter as `KEY: value`,
+  the recipe's architecture values (`architecture.KEY`), and the non-hyperparameter fields the
+  smoke run reads (`datasets.N.FIELD` for the stage's dataset list, whose weights the mixer uses,
+  `code.entry_point`, which picks the DPO reference mode, an RLVR stage's `verifier_version`
+  and a pretrain stage's `phases.N.FIELD`). Sources and notes are left out. DVC flattens
+  nested objects, not lists, so reading the values from recipes.json directly (where stages
+  are a list) made `dvc params diff` print each recipe's whole tracked stage list as one row;
+  here every value is its own row (`pipelines/params/tulu3-8b-dpo.json  dpo_beta  5  0.1`).
 - outs: checkpoint/ and run.json (cached); metrics: metrics.json; plots: steps.tsv
   (both cache: false, kept in git).
+
+The params files are derived from recipes.json, so they are the output of a first DVC stage,
+`params` (deps: recipes.json and this script; stdlib only, so any python3 runs it): `dvc repro`
+after a recipes.json edit rewrites them first, then reruns exactly the stages whose values
+changed. They are committed (cache: false), so `dvc params diff` compares them across commits;
+tests/test_dvc.py checks that the committed files match recipes.json.
 
 Inputs are passed explicitly (`--input ROLE=pipelines/P_RECIPE/P_STAGE/checkpoint`), so a
 stage finds its input even when DVC restored the producing stage from its cache and the
@@ -40,34 +46,64 @@ sys.path.insert(0, str(ROOT))
 
 OUT_ROOT = "pipelines"
 PACKAGES = ("runner", "registry")
-# `repro run` imports nearly all of both packages (the CLI registers every command, and run_cli the
-# stage modules), so every stage depends on both directories: any code edit reruns the pipelines.
+# Every stage names runner/ and registry/ whole, so any code commit shows every stage as changed. That
+# is the honest list, not a shortcut: a smoke run executes `repro run` (runner.cli builds the whole
+# command set: registry.cli, run_cli, plan_cli, eval_cli, plots), then the plan, launch and record
+# code, the shared training code (stagekit, trainer, losses, models, schedules, state, switches,
+# cards, data/, stages/common.py) and the registry's schema, sync and hashing, and most modules import
+# others inside functions, on paths that depend on the stage, the profile and the input (resume,
+# conversion, RLVR verifiers). A per-stage file list would have to be kept equal to those lazy imports
+# by hand; one that missed a file would let DVC skip a stage whose output that file changes, which is
+# worse than a rerun. The few files no smoke stage loads (evaluation, plots, the benchmarks' helpers)
+# are too few to matter.
 CODE_DEPS = PACKAGES
 PLOT_X = "step"
 HEADER = "# Generated by pipelines/generate.py from recipes.json; edit the generator, not this file.\n"
 
 
-def param_key(recipe: str) -> str:
-    return "recipes." + recipe.replace(".", "?")
+PARAMS_DIR = f"{OUT_ROOT}/params"
+PARAMS_STAGE = "params"  # no hyphen: it cannot collide with a RECIPE-STAGE name
+# Provenance, not values: a new source or a reworded note reruns nothing.
+NOT_VALUES = ("source", "note", "notes")
 
 
-def param_keys(recipe: str, body: dict, index: int) -> list[str]:
-    """The recipes.json keys a stage's smoke run depends on, each naming one value (see the module doc)."""
-    prefix = param_key(recipe)
+def params_path(recipe: str, stage: str) -> str:
+    return f"{PARAMS_DIR}/{recipe}-{stage}.json"
+
+
+def _values(entry: dict) -> dict:
+    """A dataset use or phase without its provenance; a list (the mixture's) keeps its order."""
+    return {k: v for k, v in entry.items() if k not in NOT_VALUES}
+
+
+def stage_params(body: dict, index: int) -> dict:
+    """The values a stage's smoke run depends on, each its own key (see the module doc)."""
     entry = body["stages"][index]
-    stage = f"{prefix}.stages.{index}"
-    keys = [f"{stage}.hyperparameters.{k}.value" for k in entry["hyperparameters"]]
-    keys += [f"{prefix}.architecture.{k}.value" for k, v in body.get("architecture", {}).items()
-             if isinstance(v, dict) and "value" in v]
-    if entry.get("datasets"):
-        keys.append(f"{stage}.datasets")
+    params: dict = {k: v["value"] for k, v in entry["hyperparameters"].items() if "value" in v}
+    extra: dict = {}
+    architecture = {k: v["value"] for k, v in body.get("architecture", {}).items()
+                    if isinstance(v, dict) and "value" in v}
+    if architecture:
+        extra["architecture"] = architecture
+    if entry.get("datasets"):  # by position: a stage may read one dataset twice (RLVR: two roles)
+        extra["datasets"] = {str(i): _values(use) for i, use in enumerate(entry["datasets"])}
     if entry.get("code", {}).get("entry_point"):
-        keys.append(f"{stage}.code.entry_point")
+        extra["code"] = {"entry_point": entry["code"]["entry_point"]}
     if entry.get("verifier_version"):  # RLVR: which verifier semantics the rewards follow
-        keys.append(f"{stage}.verifier_version")
+        extra["verifier_version"] = entry["verifier_version"]
     if entry.get("phases"):  # pretrain: the miniature keeps the recorded phase boundaries and mixtures
-        keys.append(f"{stage}.phases")
-    return keys
+        extra["phases"] = {str(i): _values(phase) for i, phase in enumerate(entry["phases"])}
+    clash = sorted(set(params) & set(extra))
+    if clash:
+        raise SystemExit(f"hyperparameter name(s) {clash} collide with a params group of {entry['name']}")
+    return {**params, **extra}
+
+
+def params_files(raw: dict) -> dict[str, str]:
+    """{path: JSON text} of every stage's params file, from the raw recipes.json (no project imports)."""
+    return {params_path(recipe, entry["name"]): json.dumps(stage_params(body, index), indent=2, ensure_ascii=False,
+                                                           sort_keys=True) + "\n"
+            for recipe, body in raw["recipes"].items() for index, entry in enumerate(body["stages"])}
 
 
 def pipeline_stages() -> dict[str, dict]:
@@ -76,7 +112,11 @@ def pipeline_stages() -> dict[str, dict]:
 
     raw = json.loads((ROOT / "recipes.json").read_text())
     registry = load_recipes(ROOT / "recipes.json")
-    stages: dict[str, dict] = {}
+    stages: dict[str, dict] = {PARAMS_STAGE: {
+        "cmd": "python3 pipelines/generate.py --params",
+        "deps": ["recipes.json", "pipelines/generate.py"],
+        "outs": [{PARAMS_DIR: {"cache": False}}],
+    }}
     for recipe, body in raw["recipes"].items():
         family = body["family"]
         for index, entry in enumerate(body["stages"]):
@@ -111,7 +151,7 @@ def pipeline_stages() -> dict[str, dict]:
             stages[f"{recipe}-{stage}"] = {
                 "cmd": f"rm -rf {out_dir} && " + " ".join(cmd),
                 "deps": [*code, *data, *input_deps],
-                "params": [{"recipes.json": param_keys(recipe, body, index)}],
+                "params": [{params_path(recipe, stage): None}],  # every value the file holds
                 "outs": [f"{out_dir}/checkpoint", f"{out_dir}/run.json"],
                 "metrics": [{f"{out_dir}/metrics.json": {"cache": False}}],
                 "plots": [{f"{out_dir}/steps.tsv": {"cache": False, "x": PLOT_X}}],
@@ -125,15 +165,41 @@ def render(stages: dict[str, dict]) -> str:
     return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120, allow_unicode=True)
 
 
+def read_raw() -> dict:
+    return json.loads((ROOT / "recipes.json").read_text(encoding="utf-8"))
+
+
+def write_params(files: dict[str, str]) -> None:
+    """Rewrite pipelines/params/ to hold exactly `files` (a file of a removed stage goes with it)."""
+    folder = ROOT / PARAMS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.json"):
+        if f"{PARAMS_DIR}/{old.name}" not in files:
+            old.unlink()
+    for rel, text in files.items():
+        (ROOT / rel).write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str]) -> int:
+    files = params_files(read_raw())
+    if "--params" in argv:  # the `params` DVC stage: recipes.json alone, no project imports
+        write_params(files)
+        return 0
     text = render(pipeline_stages())
     target = ROOT / "dvc.yaml"
     if "--check" in argv:
-        if not target.exists() or target.read_text() != text:
-            print("dvc.yaml is out of date with recipes.json; run python pipelines/generate.py", file=sys.stderr)
+        stale = [] if target.exists() and target.read_text() == text else ["dvc.yaml"]
+        present = {f"{PARAMS_DIR}/{p.name}" for p in (ROOT / PARAMS_DIR).glob("*.json")}
+        stale += sorted(rel for rel, body in files.items()
+                        if not (ROOT / rel).is_file() or (ROOT / rel).read_text(encoding="utf-8") != body)
+        stale += sorted(present - set(files))
+        if stale:
+            print(f"out of date with recipes.json: {', '.join(stale)}; run python pipelines/generate.py",
+                  file=sys.stderr)
             return 1
         return 0
     target.write_text(text)
+    write_params(files)
     return 0
 
 

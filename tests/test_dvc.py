@@ -37,6 +37,33 @@ def _dvc_yaml() -> dict:
     return _yaml().safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+PARAMS_STAGE = "params"  # pipelines/generate.py's first stage: recipes.json → pipelines/params/
+
+
+def _run_stages() -> dict:
+    """The RECIPE-STAGE stages (every stage but the params generator)."""
+    return {name: body for name, body in _dvc_yaml().items() if name != PARAMS_STAGE}
+
+
+def _params_file(body: dict) -> str:
+    """The one params file a RECIPE-STAGE stage tracks, all of it (no key list)."""
+    (entry,) = body["params"]
+    ((path, keys),) = entry.items()
+    assert keys is None, f"{path}: tracks a key list, not the whole file"
+    return path
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    """Nested objects flattened with dots, lists kept whole: the rows `dvc params diff` prints."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 # ---------------------------------------------------------------- fast: dvc.yaml against the registry
 
 
@@ -56,7 +83,7 @@ def test_dvc_yaml_stages_name_registry_recipes_and_stages() -> None:
     from registry.recipes import load_recipes
 
     reg = load_recipes(ROOT / "recipes.json")
-    stages = _dvc_yaml()
+    stages = _run_stages()
     problems = []
     for name, body in stages.items():
         recipe, stage, inputs, out_dir = _stage_args(body["cmd"])
@@ -81,29 +108,82 @@ def test_dvc_yaml_is_generated_from_recipes_json() -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_dvc_yaml_params_select_one_recipe_each() -> None:
-    """Each stage's params resolve (dpath, as DVC reads them) to that recipe's own entry, dotted names included."""
-    dpath = pytest.importorskip("dpath")
-
+def test_each_stage_tracks_its_own_values_one_row_each() -> None:
+    """Each stage tracks its own params file, and that file holds every canonical hyperparameter of the
+    stage as its own scalar row (the recipes.json value), the architecture and the other fields the smoke run
+    reads as nested rows, and no provenance (sources, notes)."""
     raw = json.loads((ROOT / "recipes.json").read_text())
-    for name, body in _dvc_yaml().items():
+    seen = set()
+    for name, body in _run_stages().items():
         recipe, stage, _, _ = _stage_args(body["cmd"])
-        (keys,) = [entry["recipes.json"] for entry in body["params"]]
+        path = _params_file(body)
+        assert path == f"pipelines/params/{recipe}-{stage}.json", name
+        seen.add(path)
+        values = json.loads((ROOT / path).read_text())
         entry = next(s for s in raw["recipes"][recipe]["stages"] if s["name"] == stage)
-        index = raw["recipes"][recipe]["stages"].index(entry)
-        # Every canonical hyperparameter of the stage is tracked, each as its bare value.
-        assert {k for k in keys if ".hyperparameters." in k} == {
-            f"recipes.{recipe.replace('.', '?')}.stages.{index}.hyperparameters.{k}.value"
-            for k in entry["hyperparameters"]}, name
-        for key in keys:
-            value = dpath.get(raw, key, separator=".")  # raises when a glob matches two recipes
-            node = raw["recipes"][recipe]
-            rest = key.split(".", 2)[2].split(".")
-            for part in rest:
-                node = node[int(part)] if isinstance(node, list) else node[part]
-            assert value == node, key
-            assert rest[0] != "stages" or rest[1] == str(index), key  # this stage's entry, no other
-            assert not isinstance(value, dict), key  # no whole objects (sources, notes): values only
+        rows = _flat(values)
+        for key, hp in entry["hyperparameters"].items():
+            assert rows[key] == hp["value"], f"{path}: {key}"
+        for key, item in raw["recipes"][recipe]["architecture"].items():
+            if "value" in item:
+                assert rows[f"architecture.{key}"] == item["value"], f"{path}: architecture.{key}"
+        for i, use in enumerate(entry.get("datasets", [])):
+            assert rows[f"datasets.{i}.dataset"] == use["dataset"] and rows[f"datasets.{i}.weight"] == use.get(
+                "weight"), f"{path}: datasets.{i}"
+        assert rows["code.entry_point"] == entry["code"]["entry_point"], path
+        # One row per value: no row holds an object, and only a value that is itself a list is one.
+        assert not [k for k, v in rows.items() if isinstance(v, list) and k.split(".")[0] in ("datasets", "phases")]
+        assert not any(part in ("source", "note", "notes") for k in rows for part in k.split(".")), path
+    assert seen == {f"pipelines/params/{p.name}" for p in (ROOT / "pipelines/params").glob("*.json")}
+
+
+def test_params_files_are_the_params_stage_output() -> None:
+    """The params files are written by the `params` stage from recipes.json alone (so `dvc repro` after a
+    recipes.json edit rewrites them before it decides what to rerun), and kept in git (cache: false)."""
+    stages = _dvc_yaml()
+    gen = stages[PARAMS_STAGE]
+    assert gen["deps"] == ["recipes.json", "pipelines/generate.py"]
+    assert gen["outs"] == [{"pipelines/params": {"cache": False}}]
+    assert list(stages)[0] == PARAMS_STAGE
+    ignored = subprocess.run(["git", "check-ignore", "-q", "pipelines/params/tulu3-8b-sft.json"], cwd=ROOT,
+                             capture_output=True) if shutil.which("git") else None
+    assert ignored is None or ignored.returncode == 1, "pipelines/params is git-ignored"
+
+
+def test_dvc_params_diff_shows_one_row_per_changed_value(tmp_path: Path) -> None:
+    """Real DVC on a project of recipes.json + dvc.yaml + the generator: one hyperparameter edited in
+    recipes.json, `dvc repro params` rewrites the files, and `dvc params diff` prints exactly that value,
+    in that stage's file, as its own row."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    if not (BIN / "dvc").exists():
+        pytest.skip("dvc is not installed (pip install 'repro[pipeline]')")
+    project = Project(tmp_path / "project", tmp_path / "home")
+    for rel in ("recipes.json", "dvc.yaml", "pipelines/generate.py",
+                *(f"pipelines/params/{p.name}" for p in (ROOT / "pipelines/params").glob("*.json"))):
+        (project.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, project.path / rel)
+    project.git("init", "-q")
+    project.dvc("init", "-q")
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "recipes and pipelines")
+    assert json.loads(project.dvc("params", "diff", "--json").stdout or "{}") == {}
+
+    recipes = project.path / "recipes.json"
+    raw = json.loads(recipes.read_text())
+    dpo = next(s for s in raw["recipes"]["smollm2-135m"]["stages"] if s["name"] == "dpo")
+    before = dpo["hyperparameters"]["dpo_beta"]["value"]
+    dpo["hyperparameters"]["dpo_beta"]["value"] = 0.25
+    recipes.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    out = project.dvc("repro", "--single-item", PARAMS_STAGE)
+    assert _ran(out.stdout + out.stderr) == [PARAMS_STAGE]
+    diff = json.loads(project.dvc("params", "diff", "--json").stdout)
+    assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": {"old": before, "new": 0.25, "diff": 0.25 - before}}}, diff
+    table = project.dvc("params", "diff").stdout
+    assert re.search(r"pipelines/params/smollm2-135m-dpo\.json\s+dpo_beta\s+\S+\s+0\.25", table), table
+    everything = json.loads(project.dvc("params", "diff", "--all", "--json").stdout)
+    rows = everything["pipelines/params/tulu3-8b-sft.json"]
+    assert "learning_rate" in rows and "architecture.hidden_size" in rows and "datasets.0.dataset" in rows, rows
 
 
 def test_dvc_lock_is_committed_for_every_stage() -> None:
@@ -118,21 +198,18 @@ def test_dvc_lock_is_committed_for_every_stage() -> None:
     lock = _yaml().safe_load((ROOT / "dvc.lock").read_text())["stages"]
     stages = _dvc_yaml()
     # The chains run here at least (tulu3-405b's SFT entry names no data, so its smoke run refuses to start).
-    assert set(STAGES) <= set(lock) <= set(stages), sorted(set(stages) - set(lock))
-    for name in lock:
-        (keys,) = [entry["recipes.json"] for entry in stages[name]["params"]]
-        assert set(lock[name]["params"]["recipes.json"]) == set(keys), name
+    assert {PARAMS_STAGE, *STAGES} <= set(lock) <= set(stages), sorted(set(stages) - set(lock))
+    for name in set(lock) - {PARAMS_STAGE}:
+        path = _params_file(stages[name])
+        # Key sets, not values: YAML 1.1 readers take DVC's `1e-08` for a string.
+        assert set(_flat(lock[name]["params"][path])) == set(_flat(json.loads((ROOT / path).read_text()))), name
         assert set(stages[name]["outs"]) <= {o["path"] for o in lock[name]["outs"]}, name
 
 
 def test_dvc_params_stay_small() -> None:
     """`dvc params diff --all` prints every tracked value: the tracked values of all stages stay small."""
-    dpath = pytest.importorskip("dpath")
-
-    raw = json.loads((ROOT / "recipes.json").read_text())
-    tracked = [dpath.get(raw, key, separator=".") for body in _dvc_yaml().values()
-               for entry in body["params"] for key in entry["recipes.json"]]
-    assert len(json.dumps(tracked)) < 60_000
+    total = sum(len(p.read_text()) for p in (ROOT / "pipelines/params").glob("*.json"))
+    assert 0 < total < 120_000
 
 
 def test_dvc_yaml_rejects_unknown_recipe_or_stage(tmp_path: Path) -> None:
@@ -199,7 +276,7 @@ def _copy_tree(dest: Path) -> None:
                             capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in sorted(set(filter(None, listed))):
         parts = Path(rel).parts
-        if (parts[0] == "pipelines" and len(parts) > 2) or rel == "dvc.lock":
+        if (parts[0] == "pipelines" and len(parts) > 2 and parts[1] != "params") or rel == "dvc.lock":
             continue  # outputs and the lock of a pipeline run in the source tree: the copy has run nothing yet
         src = ROOT / rel
         if not src.is_file():
@@ -277,7 +354,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 @pytest.mark.slow
 def test_repro_runs_every_stage_in_order(pipeline: Project) -> None:
     ran = _ran(pipeline.first_output)  # type: ignore[attr-defined]
-    assert sorted(ran) == sorted(STAGES), pipeline.first_output  # type: ignore[attr-defined]
+    assert sorted(ran) == sorted([PARAMS_STAGE, *STAGES]), pipeline.first_output  # type: ignore[attr-defined]
+    assert ran[0] == PARAMS_STAGE  # the params files are written before any stage reads them
     stages_yaml = _dvc_yaml()
     for name in STAGES:  # each stage ran after the stages whose checkpoints it reads (tulu3 dpo and rm may swap)
         for dep in stages_yaml[name]["deps"]:
@@ -293,7 +371,7 @@ def test_repro_runs_every_stage_in_order(pipeline: Project) -> None:
             assert json.loads((run_dir / "metrics.json").read_text()) == record["final_metrics"]
             assert (run_dir / "steps.tsv").read_text().splitlines()[0].split("\t")[0] == "step"
     lock = _yaml().safe_load((pipeline.path / "dvc.lock").read_text())["stages"]
-    assert set(lock) == set(STAGES)
+    assert set(lock) == {PARAMS_STAGE, *STAGES}
     # A later stage read its input from the earlier stage's output directory.
     dpo = json.loads((pipeline.path / "pipelines/tulu3-8b/dpo/run.json").read_text())
     sft_hash = json.loads((pipeline.path / "pipelines/tulu3-8b/sft/run.json").read_text())["artifacts"]["checkpoint"]
@@ -319,10 +397,11 @@ def test_metrics_params_and_plots(pipeline: Project, tmp_path: Path) -> None:
             data = files[f"pipelines/{recipe}/{stage}/metrics.json"]["data"]
             assert data == json.loads((pipeline.path / f"pipelines/{recipe}/{stage}/metrics.json").read_text())
     params = pipeline.dvc("params", "diff", "--all", "--json").stdout
-    keys = set(json.loads(params)["recipes.json"])
-    # DVC flattens dicts, not lists: the tracked values of a recipe's stages show under recipes.RECIPE.stages.
-    assert {"recipes.smollm2-135m.stages", "recipes.tulu3-8b.stages"} <= keys, keys
-    assert len(params) < 200_000  # single values, not whole stage objects (those printed 6 MB)
+    shown = json.loads(params)
+    for name in STAGES:  # one row per value, in each stage's own file
+        path = _params_file(_dvc_yaml()[name])
+        assert set(shown[path]) == set(_flat(json.loads((pipeline.path / path).read_text()))), name
+    assert len(params) < 400_000  # single values, not whole stage objects (those printed 6 MB)
     out = tmp_path / "plots"
     pipeline.dvc("plots", "show", "-o", str(out))
     assert (out / "index.html").stat().st_size > 0
@@ -340,15 +419,17 @@ def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: 
     recipes = clone.path / "recipes.json"
     raw = json.loads(recipes.read_text())
     dpo = next(s for s in raw["recipes"]["smollm2-135m"]["stages"] if s["name"] == "dpo")
+    before = dpo["hyperparameters"]["dpo_beta"]["value"]
     dpo["hyperparameters"]["dpo_beta"]["value"] = 0.25
     recipes.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
 
     changed = json.loads(clone.dvc("status", *LEAVES, "--json").stdout)
+    assert set(changed) == {PARAMS_STAGE}, changed  # recipes.json changed; the params files follow from it
+    clone.dvc("repro", "--single-item", PARAMS_STAGE)
+    changed = json.loads(clone.dvc("status", *LEAVES, "--json").stdout)
     assert set(changed) == {"smollm2-135m-dpo"}, changed
-    diff = json.loads(clone.dvc("params", "diff", "--json").stdout)["recipes.json"]
-    assert set(diff) == {"recipes.smollm2-135m.stages"}, diff  # DVC shows the list's repr (it flattens dicts only)
-    assert "{'dpo_beta': {'value': 0.25}}" in str(diff["recipes.smollm2-135m.stages"]["new"])
-    assert "'notes'" not in str(diff) and "native_flags" not in str(diff)  # tracked values, not stage objects
+    diff = json.loads(clone.dvc("params", "diff", "--json").stdout)
+    assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": {"old": before, "new": 0.25, "diff": 0.25 - before}}}, diff
 
     out = clone.dvc("repro", *LEAVES)
     assert _ran(out.stdout + out.stderr) == ["smollm2-135m-dpo"]
