@@ -77,7 +77,7 @@ def make_files(scratch: Path) -> tuple[list[tuple[str, str]], list[tuple[str, st
 def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
     """Fill a fresh database; returns the parent array, targets and the size growth per run."""
     from registry.database import get_engine, session_scope
-    from registry.db import LineageEdgeRow, RunMetricRow, RunRow, document_digest, insert_documents
+    from registry.db import LineageEdgeRow, RunMetricRow, RunRow, document_digest, insert_documents, node_ids
     from registry.hashing import edge_note
     from registry.recipes import load_recipes
     from registry.sync import sync
@@ -132,6 +132,9 @@ def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
                         for name, value in (("train_loss_last", 1.5), ("heldout_loss", 1.7), ("heldout_accuracy", 0.4))]
         with engine.begin() as conn:
             conn.execute(RunRow.__table__.insert(), runs)
+            key_ids = node_ids(conn, [e[k] for e in edges for k in ("parent", "child")])
+            for e in edges:  # the edge table holds node ids (registry.db.LineageNodeRow)
+                e["parent_id"], e["child_id"] = key_ids[e.pop("parent")], key_ids[e.pop("child")]
             conn.execute(LineageEdgeRow.__table__.insert(), edges)
             conn.execute(RunMetricRow.__table__.insert(), metrics)
     built = time.perf_counter() - start
@@ -161,7 +164,7 @@ def table_bytes(engine, n: int) -> str:  # noqa: ANN001
     try:
         rows = raw.cursor().execute(
             "SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_schema m ON m.name = d.name "
-            "GROUP BY m.tbl_name ORDER BY 2 DESC LIMIT 5").fetchall()
+            "GROUP BY m.tbl_name ORDER BY 2 DESC LIMIT 6").fetchall()
     except Exception:  # noqa: BLE001 - dbstat is an optional SQLite module
         return ""
     finally:

@@ -323,18 +323,12 @@ def indexed_session(reg: Registry) -> Iterator[Any]:
 
 
 def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
-    from sqlalchemy import or_, select
-
-    from registry.db import LineageEdgeRow
     from registry.light_db import resolve_node as resolve
+    from registry.lineage import parent_key
     from registry.queries import node_exists, run_id_for
 
-    def dataset_key(exact: str, prefix: str) -> str | None:
-        return session.scalar(select(LineageEdgeRow.parent).where(
-            or_(LineageEdgeRow.parent == exact, LineageEdgeRow.parent.like(prefix + "%"))).limit(1))
-
-    return resolve(reg, target, lambda key: node_exists(session, key), dataset_key,
-                   lambda run: run_id_for(session, run))
+    return resolve(reg, target, lambda key: node_exists(session, key),
+                   lambda exact, prefix: parent_key(session, exact, prefix), lambda run: run_id_for(session, run))
 
 
 def _depth_option(value: Optional[int]) -> Optional[int]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
-                        event, select)
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy import (JSON, Boolean, Column, ColumnElement, Connection, DateTime, Float, ForeignKey, Index, Integer,
+                        MetaData, String, Text, UniqueConstraint, case, event, inspect, select)
+from sqlalchemy.orm import ColumnProperty, DeclarativeBase, Mapped, Session, column_property, mapped_column, relationship
 
 from registry.dbinfo import SCHEMA_REVISION  # noqa: F401 - re-exported: the revision these models are
 
@@ -270,19 +271,101 @@ class RunSeriesRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class LineageEdgeRow(Base):
-    """parent -> child. Nodes are typed keys: checkpoint:NAME, dataset:NAME@REV, code:REPO@COMMIT,
-    stage:RECIPE:STAGE, run:ID.
+class LineageNodeRow(Base):
+    """A node of the lineage graph, stored once: checkpoint:NAME, dataset:NAME@REV, code:REPO@COMMIT,
+    stage:RECIPE:STAGE, run:ID. Edges refer to nodes by id, so each key's text is stored once (and
+    indexed once) instead of in every edge and in both edge indexes."""
 
-    The unique (parent, child, relation) index serves downstream walks and the child index upstream
-    ones: a recursive lineage query reads the edges of its answer, never the whole table."""
+    __tablename__ = "lineage_nodes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+
+
+NODES = LineageNodeRow.__table__
+
+
+class _NodeKey(ColumnProperty.Comparator):
+    """`LineageEdgeRow.parent == key` (and like, in_, ...): the comparison runs on the node table and the
+    edge side compares ids, `parent_id IN (SELECT id FROM lineage_nodes WHERE key = ...)`, so it is one
+    indexed lookup, not the node subquery evaluated for every edge."""
+
+    def operate(self, op: Callable[..., Any], *other: Any, **kwargs: Any) -> ColumnElement[bool]:
+        id_column = self.prop.info["id_column"]
+        return id_column.in_(select(NODES.c.id).where(op(NODES.c.key, *other, **kwargs)))
+
+    def reverse_operate(self, op: Callable[..., Any], other: Any, **kwargs: Any) -> ColumnElement[bool]:
+        id_column = self.prop.info["id_column"]
+        return id_column.in_(select(NODES.c.id).where(op(other, NODES.c.key, **kwargs)))
+
+
+def _node_key(id_column: Column[int]) -> ColumnProperty[str]:
+    """The key of the node `id_column` refers to, as an attribute of the edge (read and set as text)."""
+    key = select(NODES.c.key).where(NODES.c.id == id_column).correlate_except(NODES).scalar_subquery()
+    # The CASE names the edge column outside the subquery, so that a query selecting only this
+    # attribute still reads FROM lineage_edges (a bare correlated subquery would bring none).
+    return column_property(case((id_column.is_not(None), key)), comparator_factory=_NodeKey,
+                           info={"id_column": id_column})
+
+
+class LineageEdgeRow(Base):
+    """parent -> child, between lineage_nodes ids.
+
+    `parent` and `child` read, compare and construct as the node keys (LineageEdgeRow(parent=KEY, ...),
+    `LineageEdgeRow.child == KEY`); the ids are filled in when the session flushes (_write_edge_nodes).
+    The unique (parent_id, child_id, relation) index serves downstream walks and the child_id index
+    upstream ones: a recursive lineage query reads the edges of its answer, never the whole table."""
 
     __tablename__ = "lineage_edges"
-    __table_args__ = (UniqueConstraint("parent", "child", "relation"),)
+    __table_args__ = (UniqueConstraint("parent_id", "child_id", "relation"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    parent: Mapped[str] = mapped_column(String(512))
-    child: Mapped[str] = mapped_column(String(512), index=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("lineage_nodes.id"))
+    child_id: Mapped[int] = mapped_column(ForeignKey("lineage_nodes.id"), index=True)
     relation: Mapped[str] = mapped_column(String(32))
-    origin: Mapped[str] = mapped_column(String(16), default="recipe")  # recipe | run
+    origin: Mapped[str] = mapped_column(String(16), default="recipe")  # recipe | run | conversion
     content_hash: Mapped[str | None] = mapped_column(String(128))  # DVC/file hash recorded at the time
     note: Mapped[str | None] = mapped_column(Text)
+
+
+LineageEdgeRow.parent = _node_key(LineageEdgeRow.__table__.c.parent_id)
+LineageEdgeRow.child = _node_key(LineageEdgeRow.__table__.c.child_id)
+
+
+def node_ids(session_or_conn: Session | Connection, keys: Iterable[str]) -> dict[str, int]:
+    """{key: node id} for `keys`, creating the nodes that do not exist yet. Race-free on SQLite and
+    PostgreSQL (INSERT ... ON CONFLICT DO NOTHING, then read back), since concurrent runs share nodes."""
+    conn = session_or_conn.connection() if isinstance(session_or_conn, Session) else session_or_conn
+    wanted = list(dict.fromkeys(keys))
+    found: dict[str, int] = {}
+
+    def read(batch: list[str]) -> None:
+        found.update((k, i) for k, i in conn.execute(select(NODES.c.key, NODES.c.id).where(NODES.c.key.in_(batch))))
+
+    for start in range(0, len(wanted), 500):
+        read(wanted[start:start + 500])
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        conn.execute(insert(NODES).on_conflict_do_nothing(index_elements=["key"]), [{"key": k} for k in missing])
+        for start in range(0, len(missing), 500):
+            read(missing[start:start + 500])
+    return found
+
+
+@event.listens_for(Session, "before_flush")
+def _write_edge_nodes(session: Session, _context: object, _instances: object) -> None:
+    """Give new edges (and edges whose parent or child was reassigned) the ids of their nodes."""
+    pending = []
+    for obj in [*session.new, *session.dirty]:
+        if not isinstance(obj, LineageEdgeRow):
+            continue
+        for name in ("parent", "child"):
+            key = obj.__dict__.get(name)
+            if key is not None and (obj in session.new or inspect(obj).attrs[name].history.added):
+                pending.append((obj, name, key))
+    if pending:
+        ids = node_ids(session, [key for _, _, key in pending])
+        for obj, name, key in pending:
+            setattr(obj, f"{name}_id", ids[key])

@@ -24,6 +24,13 @@ from registry.dbinfo import SCHEMA_REVISION, database_url
 FILE_HASH_KEY = "recipes_file_hash"  # registry.sync.FILE_HASH_KEY
 
 
+# registry.lineage.node_exists and registry.lineage.parent_key, as plain SQL for this path.
+NODE_EXISTS = ("SELECT 1 FROM lineage_nodes n WHERE n.key = ? AND (EXISTS (SELECT 1 FROM lineage_edges e "
+               "WHERE e.parent_id = n.id) OR EXISTS (SELECT 1 FROM lineage_edges e WHERE e.child_id = n.id))")
+PARENT_KEY = ("SELECT n.key FROM lineage_nodes n WHERE (n.key = ? OR n.key LIKE ?) AND EXISTS "
+              "(SELECT 1 FROM lineage_edges e WHERE e.parent_id = n.id) ORDER BY n.key LIMIT 1")
+
+
 def statements_key(dialect: str) -> str:
     return f"lineage_sql:{dialect}:{SCHEMA_REVISION}"
 
@@ -120,12 +127,9 @@ def lineage_walk(reg, target: str, downstream: bool, with_outputs: bool):  # noq
             return None
         if statements is None:
             return None
-        node = resolve_node(reg, target, lambda key: db.value(
-            "SELECT 1 FROM lineage_edges WHERE parent = ? LIMIT 1", (key,)) is not None or db.value(
-            "SELECT 1 FROM lineage_edges WHERE child = ? LIMIT 1", (key,)) is not None,
-            lambda exact, prefix: db.value("SELECT parent FROM lineage_edges WHERE parent = ? OR parent LIKE ? "
-                                           "LIMIT 1", (exact, prefix + "%")),
-            lambda run: _run_id(db, run))
+        node = resolve_node(reg, target, lambda key: db.value(NODE_EXISTS, (key,)) is not None,
+                            lambda exact, prefix: db.value(PARENT_KEY, (exact, prefix + "%")),
+                            lambda run: _run_id(db, run))
         edges = [Edge(*row) for row in db.compiled(statements["downstream" if downstream else "upstream"], node)]
         outputs = [Edge(*row) for row in db.compiled(statements["outputs"], node)] if with_outputs else []
         return node, edges, outputs

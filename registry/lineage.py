@@ -16,57 +16,69 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, Text, bindparam, cast, literal, select, true
+from sqlalchemy import (ColumnElement, FromClause, Integer, ScalarSelect, Select, Text, bindparam, cast, exists, literal,
+                        or_, select, true, update)
 from sqlalchemy.orm import Session
 
-from registry.db import LineageEdgeRow
+from registry.db import NODES, LineageEdgeRow, node_ids
 from registry.errors import ReproError
 from registry.lineage_tree import Edge, LineageNode, build_tree, reach, verify_subjects
 
 EDGES = LineageEdgeRow.__table__
-EDGE_COLUMNS = (EDGES.c.parent, EDGES.c.child, EDGES.c.relation, EDGES.c.content_hash, EDGES.c.note)
+# The edges of an answer are read with their two node keys (two primary-key lookups each).
+PARENT, CHILD = NODES.alias("p"), NODES.alias("c")
 
 __all__ = ["Edge", "LineageNode", "add_edges", "compiled_statements", "hashed_edges_to_verify", "lineage_edges",
-           "lineage_tree", "node_exists", "reachable"]
+           "lineage_tree", "node_exists", "parent_key", "reachable"]
 
 
 def _sides(downstream: bool):  # noqa: ANN202
-    """(near, far): the column a walk arrives on and the one it leaves by."""
-    return (EDGES.c.parent, EDGES.c.child) if downstream else (EDGES.c.child, EDGES.c.parent)
+    """(near, far): the node-id column a walk arrives on and the one it leaves by."""
+    return (EDGES.c.parent_id, EDGES.c.child_id) if downstream else (EDGES.c.child_id, EDGES.c.parent_id)
 
 
-def _walk(downstream: bool, max_depth: int | None):  # noqa: ANN202
-    """The recursive CTE of nodes reachable from the bound `root` (depth < max_depth when given).
+def _root_id() -> ScalarSelect[int]:
+    """The id of the node keyed by the bound `root` (NULL when there is none: the walk is then empty)."""
+    return select(NODES.c.id).where(NODES.c.key == bindparam("root", type_=Text)).scalar_subquery()
 
-    Both terms cast the node to TEXT: PostgreSQL requires the recursive term's type to equal the
-    seed's exactly, and a VARCHAR(512) column against a text parameter is not that."""
+
+def _keyed(edges: FromClause, *where: ColumnElement[bool], base: FromClause | None = None) -> Select[Any]:
+    """SELECT parent key, child key, relation, content_hash, note of `edges` (the edge table or a
+    subquery with its columns; FROM `base` when it is a join), to be ordered as the edges were written:
+    `impacted` lists nodes in that order, as before the walk moved into the database."""
+    return (select(PARENT.c.key, CHILD.c.key, edges.c.relation, edges.c.content_hash, edges.c.note)
+            .select_from(edges if base is None else base).join(PARENT, PARENT.c.id == edges.c.parent_id)
+            .join(CHILD, CHILD.c.id == edges.c.child_id).where(*where))
+
+
+def _walk(downstream: bool, max_depth: int | None, root: ColumnElement[int] | None = None):  # noqa: ANN202
+    """The recursive CTE of the node ids reachable from the bound `root` key (or from the node id
+    expression `root`; depth < max_depth when given). Ids are integers on both sides, so PostgreSQL's
+    rule that the recursive term's type equal the seed's holds."""
     near, far = _sides(downstream)
-    root = cast(bindparam("root", type_=Text), Text)
     if max_depth is None:
-        walk = select(root.label("node")).cte("walk", recursive=True)
-        return walk.union(select(cast(far, Text)).join(walk, near == walk.c.node))
-    walk = select(root.label("node"), cast(literal(0), Integer).label("depth")).cte("walk", recursive=True)
+        walk = select((_root_id() if root is None else root).label("node")).cte("walk", recursive=True)
+        return walk.union(select(far).join(walk, near == walk.c.node))
+    walk = select(_root_id().label("node"), cast(literal(0), Integer).label("depth")).cte("walk", recursive=True)
     # UNION over (node, depth): finite because the depth is bounded.
-    return walk.union(select(cast(far, Text), walk.c.depth + 1)
+    return walk.union(select(far, walk.c.depth + 1)
                       .join(walk, near == walk.c.node).where(walk.c.depth + 1 < bindparam("max_depth")))
 
 
 def _edges_of(nodes, downstream: bool, dialect: str, only_to_checkpoints: bool = False):  # noqa: ANN001, ANN202
-    """The edges leaving `nodes` (a one-column subquery of keys), in the order they were written (as
-    before the walk moved into the database: `impacted` lists nodes in that order).
+    """The edges leaving `nodes` (a one-column subquery of node ids), in the order they were written.
 
     PostgreSQL gets a LATERAL join, one index lookup per node by construction: misjudging a recursive
     CTE's size, its planner otherwise hashed all 400k edges of a 100k-run database for a 1,000-node
     answer. SQLite (no LATERAL) looks each node up in the index anyway."""
     near, _ = _sides(downstream)
-    extra = (EDGES.c.child.like("checkpoint:%"),) if only_to_checkpoints else ()
+    extra = (CHILD.c.key.like("checkpoint:%"),) if only_to_checkpoints else ()
     if dialect == "postgresql":
         reached = nodes.subquery("reached")
         # OFFSET 0 keeps the planner from flattening the LATERAL subquery back into that hash join.
-        e = select(EDGES.c.id, *EDGE_COLUMNS).where(near == reached.c.node, *extra).offset(0).lateral("e")
-        return (select(e.c.parent, e.c.child, e.c.relation, e.c.content_hash, e.c.note)
-                .select_from(reached).join(e, true()).order_by(e.c.id))
-    return select(*EDGE_COLUMNS).where(near.in_(nodes), *extra).order_by(EDGES.c.id)
+        e = select(EDGES).where(near == reached.c.node).offset(0).lateral("e")
+        return _keyed(e, *extra, base=reached.join(e, true())).order_by(e.c.id)
+    return _keyed(EDGES, near.in_(nodes), *extra).order_by(EDGES.c.id)
 
 
 def _edges_statement(downstream: bool, max_depth: int | None = None, dialect: str = "sqlite"):  # noqa: ANN202
@@ -78,14 +90,14 @@ def _edges_statement(downstream: bool, max_depth: int | None = None, dialect: st
 
 def _edges_walk(downstream: bool):  # noqa: ANN202
     """SQLite: walk (edge id, node reached) pairs, then read the edges by id. Downstream, each step is
-    one lookup in the covering (parent, child, relation) index, which holds the rowid too, so the walk
-    never reads the table; the edges are then read by rowid, already in id order. A third of the time
-    of walking the full rows. UNION keeps each (id, node) once, so the walk ends on any graph.
+    one lookup in the covering (parent_id, child_id, relation) index, which holds the rowid too, so the
+    walk never reads the table; the edges are then read by rowid, already in id order. A third of the
+    time of walking the full rows. UNION keeps each (id, node) once, so the walk ends on any graph.
     (PostgreSQL's index holds no id, and its planner hash-joins the whole table in this form.)"""
     near, far = _sides(downstream)
-    walk = select(EDGES.c.id, far.label("node")).where(near == bindparam("root", type_=Text)).cte("walk", recursive=True)
+    walk = select(EDGES.c.id, far.label("node")).where(near == _root_id()).cte("walk", recursive=True)
     walk = walk.union(select(EDGES.c.id, far).join(walk, near == walk.c.node))
-    return select(*EDGE_COLUMNS).where(EDGES.c.id.in_(select(walk.c.id))).order_by(EDGES.c.id)
+    return _keyed(EDGES, EDGES.c.id.in_(select(walk.c.id))).order_by(EDGES.c.id)
 
 
 def _outputs_statement(dialect: str = "sqlite"):  # noqa: ANN202
@@ -93,7 +105,8 @@ def _outputs_statement(dialect: str = "sqlite"):  # noqa: ANN202
     walk = _walk(downstream=False, max_depth=None)
     # Only the run nodes of the walk are looked up: a stage, dataset or code node has an edge to every
     # run that used it, and reading those would cost the size of the database.
-    runs = select(walk.c.node).where(walk.c.node.like("run:%")).distinct()
+    runs = (select(walk.c.node).join(NODES, NODES.c.id == walk.c.node).where(NODES.c.key.like("run:%"))
+            .distinct())
     return _edges_of(runs, True, dialect, only_to_checkpoints=True)
 
 
@@ -131,7 +144,8 @@ def _with_edges(session: Session, keys: list[str], downstream: bool) -> set[str]
     near, _ = _sides(downstream)
     found: set[str] = set()
     for start in range(0, len(keys), 500):
-        found.update(session.scalars(select(near).where(near.in_(keys[start:start + 500])).distinct()))
+        found.update(session.scalars(select(NODES.c.key).where(
+            NODES.c.key.in_(keys[start:start + 500]), exists().where(near == NODES.c.id))))
     return found
 
 
@@ -159,35 +173,54 @@ def hashed_edges_to_verify(session: Session, root: str, upstream: list[Edge] | N
 
 
 def node_exists(session: Session, key: str) -> bool:
-    near_parent = select(EDGES.c.id).where(EDGES.c.parent == key).limit(1)
-    near_child = select(EDGES.c.id).where(EDGES.c.child == key).limit(1)
-    return session.scalar(near_parent) is not None or session.scalar(near_child) is not None
+    """Whether `key` is a node of the graph: it has an edge (a node row alone may outlive its edges,
+    e.g. a recipe stage that was removed)."""
+    node = select(NODES.c.id).where(NODES.c.key == key).scalar_subquery()
+    has_edge = or_(exists().where(EDGES.c.parent_id == node), exists().where(EDGES.c.child_id == node))
+    return bool(session.scalar(select(has_edge)))
+
+
+def parent_key(session: Session, exact: str, prefix: str) -> str | None:
+    """The smallest key equal to `exact` or LIKE `prefix%` that is some edge's parent (a dataset target
+    names its recipe revision or a recorded version). The smallest, as SQLite answered when edges held
+    the keys: its LIMIT 1 read them from the (parent, child, relation) index, in key order."""
+    return session.scalar(select(NODES.c.key).where(
+        or_(NODES.c.key == exact, NODES.c.key.like(prefix + "%")), exists().where(EDGES.c.parent_id == NODES.c.id))
+        .order_by(NODES.c.key).limit(1))
 
 
 def add_edges(session: Session, edges: list[tuple[str, str, str, str | None, str | None]],
-              origin: str = "run") -> None:
-    """Record (parent, child, relation, content_hash, file path) edges, skipping ones already there.
+              origin: str = "run", replace: bool = False) -> None:
+    """Record (parent, child, relation, content_hash, file path) edges: the one writer of lineage edges
+    (run records, evaluations, converted checkpoints). An edge already there is kept as it is, or, with
+    `replace`, given this origin, hash and path (re-registering a converted copy updates its hash).
 
     An edge that would close a cycle (its parent is already downstream of its child) is refused
     with ReproError before anything is committed: lineage is a DAG, and every walk relies on it.
     File paths are stored relative to the runs root (see hashing.edge_note)."""
     from registry.hashing import edge_note
 
+    if not edges:
+        return
+    ids = node_ids(session, [key for parent, child, *_ in edges for key in (parent, child)])
     for parent, child, relation, digest, path in edges:
-        exists = session.scalar(select(LineageEdgeRow.id).where(
-            LineageEdgeRow.parent == parent, LineageEdgeRow.child == child, LineageEdgeRow.relation == relation))
-        if exists is not None:
+        values = {"origin": origin, "content_hash": digest, "note": edge_note(path) if path else None}
+        found = session.scalar(select(EDGES.c.id).where(
+            EDGES.c.parent_id == ids[parent], EDGES.c.child_id == ids[child], EDGES.c.relation == relation))
+        if found is not None:
+            if replace:
+                session.execute(update(EDGES).where(EDGES.c.id == found).values(**values))
             continue
-        if parent == child or parent in _downstream_nodes(session, child):
+        if parent == child or ids[parent] in _downstream_ids(session, ids[child]):
             raise ReproError(f"lineage edge {parent} -> {child} ({relation}) would close a cycle: {parent} "
                              f"already descends from {child}; nothing was recorded")
-        session.add(LineageEdgeRow(parent=parent, child=child, relation=relation, origin=origin,
-                                   content_hash=digest, note=edge_note(path) if path else None))
-        session.flush()  # the next edge's cycle check must see this one
+        # Executed at once, so the next edge's cycle check sees this one.
+        session.execute(EDGES.insert().values(parent_id=ids[parent], child_id=ids[child], relation=relation,
+                                              **values))
 
 
-def _downstream_nodes(session: Session, key: str) -> set[str]:
-    if not session.scalar(select(EDGES.c.id).where(EDGES.c.parent == key).limit(1)):
+def _downstream_ids(session: Session, node: int) -> set[int]:
+    if session.scalar(select(EDGES.c.id).where(EDGES.c.parent_id == node).limit(1)) is None:
         return set()  # a new node (a run being recorded) has no descendants: no walk needed
-    statement = _edges_statement(True, dialect=_dialect(session))
-    return set(reach((Edge(*row) for row in session.execute(statement, {"root": key})), key, True))
+    walk = _walk(downstream=True, max_depth=None, root=cast(bindparam("node", type_=Integer), Integer))
+    return set(session.scalars(select(walk.c.node), {"node": node}))

@@ -123,16 +123,10 @@ def _hash_or_none(path: Path) -> str | None:
 
 
 def _add_edge(session, parent: str, child: str, relation: str, digest: str | None, path: str | None) -> None:  # noqa: ANN001
-    from sqlalchemy import select
+    from registry.lineage import add_edges
 
-    from registry.db import LineageEdgeRow
-    from registry.hashing import edge_note
-
-    row = session.scalar(select(LineageEdgeRow).where(LineageEdgeRow.parent == parent, LineageEdgeRow.child == child,
-                                                      LineageEdgeRow.relation == relation))
-    if row is None:
-        session.add(LineageEdgeRow(parent=parent, child=child, relation=relation, origin="run", content_hash=digest,
-                                   note=edge_note(path) if path else None))
+    # The registry's one edge writer: keeps an edge already recorded, refuses one that would close a cycle.
+    add_edges(session, [(parent, child, relation, digest, path)], origin="run")
 
 
 def _hp(plan: dict[str, Any], key: str) -> Any:

@@ -263,8 +263,9 @@ def register_in_db(session, path: Path, spec: dict[str, Any] = SMOLLM2_135M_INST
     """
     from sqlalchemy import select
 
-    from registry.db import CheckpointRow, LineageEdgeRow
-    from registry.hashing import dvc_hash, edge_note
+    from registry.db import CheckpointRow
+    from registry.hashing import dvc_hash
+    from registry.lineage import add_edges
 
     path = Path(path).resolve()
     digest = dvc_hash(path)
@@ -277,12 +278,8 @@ def register_in_db(session, path: Path, spec: dict[str, Any] = SMOLLM2_135M_INST
     row.path, row.quantization, row.content_hash = str(path), spec["quantization"], digest
     row.body = {"derived_from": spec["checkpoint"], "relation": spec["relation"], "conversion": record}
     parent, child = f"checkpoint:{spec['checkpoint']}", f"checkpoint:{spec['name']}"
-    edge = session.scalar(select(LineageEdgeRow).where(
-        LineageEdgeRow.parent == parent, LineageEdgeRow.child == child, LineageEdgeRow.relation == spec["relation"]))
-    if edge is None:
-        edge = LineageEdgeRow(parent=parent, child=child, relation=spec["relation"])
-        session.add(edge)
-    edge.origin, edge.content_hash, edge.note = "conversion", digest, edge_note(path)
+    # replace: re-registering updates the edge's hash and path too.
+    add_edges(session, [(parent, child, spec["relation"], digest, str(path))], origin="conversion", replace=True)
     session.flush()
     return row
 
