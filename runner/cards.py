@@ -35,6 +35,12 @@ def init_origin(plan: RunPlan) -> dict[str, Any]:
     """Where the weights a stage trained came from: kind random | published | run | local."""
     ref = plan.inputs.get("init") or {}
     path = ref.get("path")
+    if not path and ref.get("hub_id"):
+        # The recorded profile loaded the recorded checkpoint itself: from the Hub, or a mirror folder that
+        # is a git clone of it (its commit known); a plain mirror folder is named by its content hash only.
+        proven = not ref.get("mirror") or ref.get("mirror_head") is not None
+        return {"kind": "hub" if proven else "mirror", "checkpoint": ref["hub_id"], "recorded": ref.get("checkpoint"),
+                "revision": ref.get("mirror_head") or ref.get("revision"), "content_hash": ref.get("mirror_hash")}
     if not path:
         return {"kind": "random", "recorded": ref.get("checkpoint")}
     folder = Path(path)
@@ -74,7 +80,8 @@ def _front_matter(readme: Path) -> dict[str, Any]:
 def card_metadata(plan: RunPlan, origin: dict[str, Any]) -> dict[str, Any]:
     """Front matter as an ordered mapping of Hub-validated keys."""
     meta: dict[str, Any] = {}
-    if origin["kind"] == "published":
+    if origin["kind"] in ("published", "hub", "mirror"):
+        # A checkpoint's license is its Hub card's; one not listed here is "other" rather than a guess.
         meta["license"] = PUBLISHED_LICENSES.get(origin["checkpoint"], "other")
     elif origin["kind"] in ("run", "local") and origin["card"].get("license"):
         meta.update({k: origin["card"][k] for k in ("license", "license_name") if k in origin["card"]})
@@ -82,13 +89,15 @@ def card_metadata(plan: RunPlan, origin: dict[str, Any]) -> dict[str, Any]:
         meta.update(MINIATURE_LICENSE)
     meta["library_name"] = "transformers"
     meta["pipeline_tag"] = "text-classification" if plan.stage == "rm" else "text-generation"
-    if origin["kind"] == "published":
+    if origin["kind"] in ("published", "hub"):
         meta["base_model"] = origin["checkpoint"]
         meta["base_model_relation"] = "finetune"
     elif origin["kind"] in ("run", "local") and origin["card"].get("base_model"):
         meta["base_model"] = origin["card"]["base_model"]  # the published weights the parent started from
         meta["base_model_relation"] = "finetune"
-    hub_data = sorted({d["dataset"] for d in plan.datasets if d.get("role") == "train" and not d.get("path")})
+    # Hub datasets read from the Hub or a git-verified mirror; a plain mirror folder is named in the body.
+    hub_data = sorted({d["dataset"] for d in plan.datasets if d.get("role") == "train" and not d.get("path")
+                       and (not d.get("mirror") or d.get("revision_verified"))})
     if hub_data:
         meta["datasets"] = hub_data
     meta["tags"] = ["repro", plan.recipe, plan.stage, f"{plan.profile}-profile"]
@@ -120,6 +129,12 @@ def _weights_sentence(origin: dict[str, Any], recorded_base: str | None) -> str:
     if origin["kind"] == "published":
         return (f"Weights: initialised from the published `{origin['checkpoint']}` ({origin.get('quantization')} "
                 f"file, dequantized to float32; content hash `{origin.get('content_hash')}`).")
+    if origin["kind"] == "hub":
+        return (f"Weights: initialised from `{origin['checkpoint']}` (revision {origin.get('revision') or 'main'}), "
+                "the recorded stage's own init.")
+    if origin["kind"] == "mirror":
+        return (f"Weights: initialised from a mirror folder said to hold `{origin['checkpoint']}` (content sha256 "
+                f"`{origin.get('content_hash')}`; its revision could not be verified).")
     if origin["kind"] == "run":
         return (f"Weights: initialised from the checkpoint of a repro {origin.get('profile')} run of "
                 f"`{origin['stage']}` (content hash `{origin.get('content_hash')}`), standing in for the recorded "
@@ -137,8 +152,12 @@ def _data_lines(plan: RunPlan, recorded_datasets: list[str] | None) -> list[str]
             stands_for = "" if str(d["dataset"]).startswith("fixture:") else \
                 f" (in the schema of `{d['dataset']}`, not that dataset)"
             lines.append(f"- fixture `{_display_path(d['path'])}`{stands_for}")
+        elif d.get("mirror") and not d.get("revision_verified"):
+            lines.append(f"- a mirror folder said to hold `{d['dataset']}`" + (f" split {d['split']}" if d.get("split")
+                         else "") + f" (content sha256 `{d.get('mirror_hash')}`; revision not verified)")
         else:
-            lines.append(f"- `{d['dataset']}`" + (f" split {d['split']}" if d.get("split") else ""))
+            lines.append(f"- `{d['dataset']}`" + (f" split {d['split']}" if d.get("split") else "")
+                         + (f" (stand-in for the unreleased `{d['stands_in_for']}`)" if d.get("stands_in_for") else ""))
     stood_in = [n for n in dict.fromkeys(recorded_datasets or []) if any(d["dataset"] == n and d.get("path")
                                                                          for d in used)]
     if stood_in:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -232,3 +234,50 @@ def count_parameters(model_or_config: torch.nn.Module | LlamaConfig) -> int:
     if isinstance(model_or_config, LlamaConfig):
         return _config_parameter_count(model_or_config)
     return sum(p.numel() for p in model_or_config.parameters())
+
+
+# ---------------------------------------------------------------- the recorded profile's real checkpoints
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def attention_implementation(device: str) -> str:
+    """flash-attention 2 where it is installed and a GPU runs it (as the recorded runs used), else SDPA."""
+    return "flash_attention_2" if device == "cuda" and find_spec("flash_attn") is not None else "sdpa"
+
+
+def recorded_load(cls: Any, source: str | Path, plan: Any, tokenizer: Any = None, revision: str | None = None,
+                  **kwargs: Any) -> Any:
+    """`cls.from_pretrained(source, revision=...)` as the recorded stage loaded it.
+
+    In the plan's precision (bf16 where recorded, unless --precision changed it), with SDPA or
+    flash-attention 2 (the choice is kept in plan.extra["attn_implementation"]), gradient checkpointing
+    as recorded, and for Tülu open-instruct's embedding resize: when the tokenizer (with its added
+    `<pad>`) outgrows the embedding matrix, resize to a multiple of 8. open-instruct ran transformers
+    4.43, whose resize initialised the new rows with the model's own init (normal, initializer_range),
+    not the mean of the old rows that later versions default to, hence mean_resizing=False; the
+    draw is seeded so reruns agree."""
+    device = plan.extra.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[plan.hp("precision") or "fp32"]
+    attn = attention_implementation(device)
+    plan.extra["attn_implementation"] = attn
+    model = cls.from_pretrained(source, revision=revision, torch_dtype=dtype, attn_implementation=attn, **kwargs)
+    if plan.family == "tulu3" and tokenizer is not None:
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(plan.hp("seed", 0))
+                model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8, mean_resizing=False)
+            plan.extra["embedding_resize"] = {"from": rows, "to": model.get_input_embeddings().weight.shape[0],
+                                              "tokenizer": len(tokenizer)}
+    if plan.hp("gradient_checkpointing"):
+        # transformers 5 renamed the switch; the older name still works there with a warning
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        model.config.use_cache = False  # what the HF Trainer and open-instruct set beside checkpointing
+    if device != "cpu":
+        model.to(device)
+    return model
+
+
+def hardware_bf16() -> bool:
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())

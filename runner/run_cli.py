@@ -36,10 +36,14 @@ def recorded_blockers(plan) -> list[str]:  # noqa: ANN001
     except ImportError:
         have = 0
         missing.append("torch is not installed (pip install 'repro[train]')")
+    if plan.extra.get("device") == "cpu":
+        have = need  # --device cpu: one CPU process stands in for the GPUs (a recorded deviation)
     if have < need:
         missing.append(f"{need} GPUs (found {have})" if nodes == 1 else
                        f"{need} GPUs on each of {nodes} nodes (found {have} here)")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    # Data from a mirror or files need no Hub; the models are checked where they are resolved (check_models).
+    hub_data = [d for d in plan.datasets if not d.get("path") and not d.get("mirror") and not d.get("internal")]
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and hub_data:
         missing.append("the Hugging Face Hub (HF_HUB_OFFLINE=1) to load the recorded model and data")
     return missing
 
@@ -68,6 +72,16 @@ def run_cmd(
                                                help="Write a bash script that runs the recorded upstream code."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="With --emit-script: rescale to N GPUs."),
     nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="With --emit-script --gpus: N nodes."),
+    hub_mirror: Optional[Path] = typer.Option(None, "--hub-mirror", metavar="DIR",
+                                              help="Serve datasets and models from DIR/<org>/<name>/ (as "
+                                                   "REPRO_HUB_MIRROR)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 | fp16 | fp32 instead of the recorded "
+                                                                      "precision (a deviation)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu: run the recorded profile in one CPU process "
+                                                                "(a deviation)."),
+    public_stand_in: bool = typer.Option(False, "--public-stand-in",
+                                         help="Train on the public stand-in of unreleased recorded data "
+                                              "(a deviation)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Execute one stage (or print its plan with --dry-run)."""
@@ -103,6 +117,7 @@ def run_cmd(
     overrides = parse_sets(sets)
     substitutes = _parse_inputs(inputs)
     plan = resolve(reg, recipe, stage, profile, overrides)
+    mirror = _recorded_options(plan, reg, hub_mirror, precision, device, public_stand_in, launcher)
     if max_steps is not None:
         plan.extra["max_updates"] = max_steps
     if ray or ray_address is not None:
@@ -142,6 +157,9 @@ def run_cmd(
             if ref.get("substituted"):
                 plan.deviate(f"input.{role}", ref.get("substitutes"), ref["path"],
                              "--input substitution on the command line")
+        from runner.stagekit import check_models
+
+        check_models(plan, reg, mirror)
     if launcher == "accelerate":
         record = _run_multiprocess(plan, resolved, num_processes, deepspeed, output_dir)
     else:
@@ -156,6 +174,52 @@ def run_cmd(
     out.print(f"[bold green]{record.status}[/bold green] {record.run_id}  →  {record.run_dir}")
     out.print("final: " + ", ".join(f"{k}={fmt(v)}" for k, v in record.final_metrics.items() if v is not None))
     out.print(f"{len(record.plan.deviations)} deviations from the recording (repro runs / run.json)")
+
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+DEVICES = ("cuda", "cpu")
+
+
+def _recorded_options(plan, reg, hub_mirror: Path | None, precision: str | None, device: str | None,  # noqa: ANN001
+                      public_stand_in: bool, launcher: str) -> Path | None:
+    """--hub-mirror / REPRO_HUB_MIRROR, --precision, --device and --public-stand-in, applied to the plan with
+    their deviations; returns the mirror directory (None: the Hub)."""
+    from runner.data import hub
+
+    if plan.profile != "recorded":
+        given = [flag for flag, value in (("--hub-mirror", hub_mirror), ("--precision", precision),
+                                          ("--device", device), ("--public-stand-in", public_stand_in)) if value]
+        if given:
+            raise ReproError(f"{given[0]} applies to the recorded profile (the smoke profile reads the fixtures "
+                             "on CPU in float32)")
+        return None
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ReproError(f"unknown --precision {precision!r} (valid: {', '.join(PRECISIONS)})")
+        before = plan.hp("precision")
+        plan.hyperparameters["precision"] = precision
+        if before != precision:
+            plan.deviate("precision", before, precision, "--precision on the command line")
+    if device is not None:
+        if device not in DEVICES:
+            raise ReproError(f"unknown --device {device!r} (valid: {', '.join(DEVICES)})")
+        plan.extra["device"] = device
+    if device == "cpu":
+        gpus = plan.layout.get("gpus") or plan.hp("num_processes") or 1
+        plan.deviate("device", f"{gpus} GPUs", "cpu", "--device cpu on the command line")
+        procs = plan.hp("num_processes") or 1
+        if launcher == "local" and procs > 1:
+            # One process keeps the recorded effective batch: its accumulation covers the missing processes.
+            ga = plan.hp("gradient_accumulation_steps", 1) * procs
+            plan.hyperparameters.update({"num_processes": 1, "num_machines": 1, "gradient_accumulation_steps": ga})
+            plan.deviate("num_processes", plan.recorded.get("num_processes"), 1, "--device cpu runs one process")
+            plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"), ga,
+                         "one process accumulates what the recorded processes computed (same effective batch)")
+    mirror = hub.mirror_root(hub_mirror)
+    hub.attach_sources(plan, reg, mirror, public_stand_in)
+    if mirror is not None:
+        plan.extra["hub_mirror"] = str(mirror)
+    return mirror
 
 
 def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):  # noqa: ANN202

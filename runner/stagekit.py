@@ -80,21 +80,30 @@ def chat_template_jinja(name: str) -> str:
 def fixture_tokenizer(plan: RunPlan):  # noqa: ANN201
     from runner.data.tokenizer import build_tokenizer, fixture_corpus
 
-    kind = plan.tokenizer["family"]
+    kind = plan.tokenizer.get("family")
+    if kind is None:  # the recorded profile names a real tokenizer: it comes with the init checkpoint
+        raise ReproError(f"{plan.recipe}:{plan.stage} ({plan.profile} profile) loads the tokenizer of "
+                         f"{plan.tokenizer.get('name')}; give the init with --input init=PATH, --hub-mirror DIR "
+                         "or the Hub")
     tok = build_tokenizer(kind, fixture_corpus(kind), vocab_size=plan.tokenizer["vocab_size"])
     if plan.chat_template:
         tok.chat_template = chat_template_jinja(plan.chat_template)
     return tok
 
 
-def load_tokenizer(path: Path, plan: RunPlan):  # noqa: ANN201
+def load_tokenizer(path: Path | str, plan: RunPlan, revision: str | None = None):  # noqa: ANN201
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
     if plan.chat_template and plan.family == "tulu3":
         tok.chat_template = chat_template_jinja(plan.chat_template)
     if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+        if plan.family == "tulu3" and plan.profile == "recorded":
+            # finetune.py / dpo_tune.py: Llama-3's fast tokenizer has no pad token; "<pad>" is added (and the
+            # embeddings resized to fit, see load_causal_lm).
+            tok.add_special_tokens({"pad_token": "<pad>"})
+        else:
+            tok.pad_token = tok.eos_token
     return tok
 
 
@@ -129,12 +138,103 @@ def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):  # noqa: ANN001, ANN
     return build_model(config, seed=plan.hp("seed", 0))
 
 
-def load_causal_lm(path: Path):  # noqa: ANN201
+def load_causal_lm(path: Path | str, plan: RunPlan | None = None, tokenizer=None, revision: str | None = None):  # noqa: ANN001, ANN201
+    """A causal LM from a folder or Hub id. The smoke profile loads in float32 as before; the recorded
+    profile loads in the plan's precision with the attention kernel, gradient checkpointing and
+    (Tülu) embedding resize of the recording (runner/models.recorded_load)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    if plan is None or plan.profile != "recorded":
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        _no_dropout(model)
+        return model
+    from runner.models import recorded_load
+
+    model = recorded_load(AutoModelForCausalLM, path, plan, tokenizer=tokenizer, revision=revision)
     _no_dropout(model)
     return model
+
+
+def init_model(plan: RunPlan, role: str = "init"):  # noqa: ANN201
+    """(tokenizer, model) of a stage's init in the recorded profile: `--input ROLE=PATH`, the mirror's
+    DIR/<org>/<name>/, or the Hub at the recorded revision (resolved before the run by check_models)."""
+    source, revision = model_source(plan, role)
+    tokenizer = load_tokenizer(source, plan, revision)
+    if plan.chat_template:
+        tokenizer.chat_template = chat_template_jinja(plan.chat_template)
+    return tokenizer, load_causal_lm(source, plan, tokenizer, revision)
+
+
+def model_source(plan: RunPlan, role: str = "init") -> tuple[str, str | None]:
+    ref = plan.inputs.get(role) or {}
+    if ref.get("path"):
+        return ref["path"], None
+    if ref.get("mirror"):
+        return ref["mirror"], None
+    if ref.get("hub_id"):
+        return ref["hub_id"], ref.get("revision")
+    raise ReproError(f"{plan.recipe}:{plan.stage}: no source for its {role} checkpoint "
+                     f"{ref.get('checkpoint')!r}; give it with --input {role}=PATH")
+
+
+# Input roles a stage loads from their own checkpoint (DPO's reference is a frozen copy of its init).
+LOADED_ROLES = ("init", "reward_model", "value_model")
+
+
+def check_models(plan: RunPlan, registry: Any, mirror: Path | None) -> None:
+    """Before anything is written, in the recorded profile: name where every loaded checkpoint comes from
+    (`--input` folder, the mirror's DIR/<org>/<name>/, or the Hub) and check that it can be loaded, and
+    that the machine computes in the plan's precision. Each failure is one line (exit 2)."""
+    if plan.profile != "recorded":
+        return
+    from runner.models import hardware_bf16
+
+    precision = plan.hp("precision")
+    if precision in ("bf16", "fp16") and plan.extra.get("device") == "cpu" or \
+            precision == "bf16" and not hardware_bf16() and plan.extra.get("device") != "cpu":
+        raise ReproError(f"{plan.recipe}:{plan.stage} trains in {precision} as recorded, and this machine has no "
+                         f"{precision}-capable GPU; pass --precision fp32 --device cpu to run it in float32 on CPU "
+                         "(recorded as a deviation)")
+    for role in LOADED_ROLES:
+        ref = plan.inputs.get(role)
+        if ref is None or ref.get("path"):
+            continue
+        name = ref.get("checkpoint")
+        ckpt = registry.model.checkpoints.get(name) if name else None
+        if ckpt is None or not ckpt.hub_id or not ckpt.published:
+            raise ReproError(f"{plan.recipe}:{plan.stage}: its {role} checkpoint {name!r} was never published; "
+                             f"give one with --input {role}=PATH")
+        ref["hub_id"] = ckpt.hub_id
+        ref.setdefault("revision", None)  # recipes.json records no model revisions: the Hub's main
+        folder = mirror / ckpt.hub_id if mirror is not None else None
+        if folder is not None and folder.is_dir():
+            if not (folder / "config.json").is_file():
+                raise ReproError(f"model {ckpt.hub_id}: the mirror folder {folder} has no config.json (not a "
+                                 "Hugging Face model folder); copy the repository there, or use --input "
+                                 f"{role}=PATH")
+            from runner.data.hub import folder_hash, git_head
+
+            ref.update({"mirror": str(folder), "mirror_hash": folder_hash(folder), "mirror_head": git_head(folder)})
+            continue
+        _check_hub_model(ckpt.hub_id, ref.get("revision"), role)
+
+
+def _check_hub_model(hub_id: str, revision: str | None, role: str) -> None:
+    from huggingface_hub import hf_hub_download
+
+    fix = (f"log in with `huggingface-cli login` (or HF_TOKEN) if it is gated, serve it from a mirror with "
+           f"--hub-mirror DIR holding DIR/{hub_id}/, or give --input {role}=PATH")
+    try:
+        hf_hub_download(hub_id, "config.json", revision=revision)
+    except OSError as exc:  # huggingface_hub's HTTP, gated, revision and offline errors are OSErrors
+        kind = type(exc).__name__
+        what = {"GatedRepoError": "is gated and no token was given",
+                "RevisionNotFoundError": f"has no revision {revision}",
+                "RepositoryNotFoundError": "is not on the Hub (or is private)"}.get(kind)
+        if what is None:
+            what = "cannot be reached" + (" offline (HF_HUB_OFFLINE=1, not cached)"
+                                          if os.environ.get("HF_HUB_OFFLINE") == "1" else f" ({kind})")
+        raise ReproError(f"model {hub_id}@{revision or 'main'} {what}; {fix}") from None
 
 
 def _no_dropout(model: torch.nn.Module) -> None:
@@ -179,11 +279,24 @@ def save_checkpoint(ctx: StageContext, model, tokenizer, *, datasets: list[str],
     from runner.cards import model_card
 
     out = ctx.record.checkpoint_dir
-    if not ctx.is_main:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
     unwrapped = ctx.accelerator.unwrap_model(model) if ctx.accelerator is not None else model
-    unwrapped.save_pretrained(out, safe_serialization=True)
+    # Under ZeRO-3 every rank holds a slice of each weight: all ranks gather them, rank 0 writes the whole.
+    partitioned = [p for p in unwrapped.parameters() if hasattr(p, "ds_id")]
+    if not partitioned and not ctx.is_main:
+        return out
+    from contextlib import nullcontext
+
+    if partitioned:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+    else:
+        gathered = nullcontext()
+    with gathered:
+        if not ctx.is_main:
+            return out
+        out.mkdir(parents=True, exist_ok=True)
+        unwrapped.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     card = model_card(ctx.plan, recorded_base=base_model, recorded_datasets=datasets, notes=notes)
     (out / "README.md").write_text(card)

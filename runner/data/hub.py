@@ -23,9 +23,13 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import ReproError
+
+if TYPE_CHECKING:
+    from registry.recipes import Registry
+    from runner.plan import RunPlan
 
 MIRROR_ENV = "REPRO_HUB_MIRROR"
 # Row schemas (runner/data/fixtures.FIXTURE_SCHEMAS) of the datasets whose columns differ from their
@@ -37,6 +41,9 @@ ROW_SCHEMA = {"HuggingFaceH4/ultrafeedback_binarized": "ultrafeedback",
 STAND_IN = {"ai2-adapt-dev/405b_preference_mix": ("allenai/llama-3.1-tulu-3-405b-preference-mixture",
                                                   "recipes.json: 'public counterpart probably ... [UNCERTAIN]'")}
 _MEMO: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+# What datasets, huggingface_hub (HTTP and repo errors are OSErrors) and pyarrow (ArrowInvalid is a
+# ValueError) raise for data that cannot be loaded.
+LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, ImportError, NotImplementedError)
 
 
 class DataError(ReproError):
@@ -113,7 +120,7 @@ def mirror_entry(root: Path, hub_id: str, revision: str | None, what: str) -> di
     return out
 
 
-def attach_sources(plan, registry, mirror: Path | None, stand_in: bool = False) -> None:  # noqa: ANN001
+def attach_sources(plan: RunPlan, registry: Registry, mirror: Path | None, stand_in: bool = False) -> None:
     """Name the source of every dataset of a recorded-profile plan (in place): its Hub id, config and row
     schema, and the mirror folder when one is given. Internal sets are marked (preflight refuses them) or,
     with `stand_in`, replaced by their public stand-in, recorded as a deviation."""
@@ -149,13 +156,13 @@ def attach_sources(plan, registry, mirror: Path | None, stand_in: bool = False) 
                       "schema": ROW_SCHEMA.get(entry["dataset"], info.schema_)})
         if mirror is not None and info.hub_id and not entry.get("internal"):
             entry.update(mirror_entry(mirror, info.hub_id, entry.get("revision"), "dataset"))
-            if not entry["revision_verified"]:
+            if not entry["revision_verified"] and entry.get("revision"):
                 plan.deviate(f"dataset.{entry['dataset']}.revision", entry.get("revision"),
                              f"mirror {entry['mirror']} (content sha256 {entry['mirror_hash'][:16]})",
                              "a plain mirror folder cannot prove which Hub revision its files came from")
 
 
-def stand_in_for(registry, plan, name: str) -> str | None:  # noqa: ANN001
+def stand_in_for(registry: Registry, plan: RunPlan, name: str) -> str | None:
     if name in STAND_IN:
         return STAND_IN[name][0]
     stage = registry.stage(plan.recipe, plan.stage)
@@ -189,7 +196,7 @@ def _fix_hint(entry: dict[str, Any]) -> str:
             "or substitute the data with --set/--input")
 
 
-def _load_dataset(entry: dict[str, Any]):  # noqa: ANN202
+def _load_dataset(entry: dict[str, Any]) -> Any:
     import datasets
 
     _quiet()
@@ -275,7 +282,7 @@ def load_split(entry: dict[str, Any]) -> list[dict[str, Any]]:
         ds = _load_dataset(entry)
     except DataError:
         raise
-    except Exception as exc:  # datasets / huggingface_hub / pyarrow raise many types; each becomes one line
+    except LOAD_ERRORS as exc:  # datasets / huggingface_hub / pyarrow raise many types; each becomes one line
         raise DataError(_explain(entry, exc)) from None
     schema = entry.get("schema")
     nullable = _nullable(schema) if schema else set()
@@ -309,7 +316,7 @@ def load_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return load_split(entry)
 
 
-def preflight(plan) -> None:  # noqa: ANN001
+def preflight(plan: RunPlan) -> None:
     """Load and check every dataset of the plan before anything is written (bad data is bad input)."""
     entries = list(plan.datasets) + ([plan.heldout] if plan.heldout else [])
     for entry in entries:
@@ -326,7 +333,7 @@ def preflight(plan) -> None:  # noqa: ANN001
                     raise DataError(f"{label(entry)} row {i}: malformed ground truth: {problem}")
 
 
-def train_rows(plan) -> list[dict[str, Any]]:  # noqa: ANN001
+def train_rows(plan: RunPlan) -> list[dict[str, Any]]:
     """Rows of the training mixture, mixed with the recorded code's semantics.
 
     Tülu SFT/DPO: open-instruct's release `--dataset_mixer_list` (fractions or counts, each source shuffled

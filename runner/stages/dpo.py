@@ -24,8 +24,8 @@ import torch
 
 from runner import losses, switches
 from runner.data import masking
-from runner.stagekit import (StageContext, input_path, load_causal_lm, load_rows, load_tokenizer, save_checkpoint,
-                             set_determinism, train_rows, write_metrics_file)
+from runner.stagekit import (StageContext, init_model, input_path, load_causal_lm, load_rows, load_tokenizer,
+                             save_checkpoint, set_determinism, train_rows, write_metrics_file)
 from runner.stages.common import build_trainer, drive, loop_config
 from runner.trainer import epoch_order, micro_batches
 
@@ -144,8 +144,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     plan = ctx.plan
     set_determinism(plan.hp("seed", 0))
     parent = input_path(plan, "init")
-    tokenizer = load_tokenizer(parent, plan)
-    policy = load_causal_lm(parent)
+    if plan.profile == "recorded":
+        tokenizer, policy = init_model(plan)  # --input, the mirror or the Hub, as recorded
+    else:
+        tokenizer, policy = load_tokenizer(parent, plan), load_causal_lm(parent)
     loss_type = plan.hp("dpo_loss_type", "sigmoid")
     beta = plan.hp("dpo_beta")
     smoothing = plan.hp("label_smoothing", 0.0)
@@ -218,7 +220,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "pairs": len(pairs), "pairs_dropped": dropped, "optimizer_steps": total, "reference": reference_mode,
     }
     if plan.heldout and loss_type != "simpo":
-        final.update(_heldout(plan, policy, load_causal_lm(parent).eval(), tokenizer, beta, loss_type, average))
+        reference_copy = init_model(plan)[1] if plan.profile == "recorded" else load_causal_lm(parent)
+        final.update(_heldout(plan, policy, reference_copy.eval(), tokenizer, beta, loss_type, average))
     ctx.record.final_metrics.update(final)
     save_checkpoint(ctx, policy, tokenizer, datasets=[d["dataset"] for d in plan.datasets],
                     base_model=plan.inputs.get("init", {}).get("checkpoint"))

@@ -21,17 +21,22 @@ import torch
 from runner import losses
 from runner.data import masking
 from runner.data.templates import render
-from runner.stagekit import (StageContext, input_path, load_rows, load_tokenizer, save_checkpoint, set_determinism,
-                             train_rows, write_metrics_file)
+from runner.stagekit import (StageContext, input_path, load_rows, load_tokenizer, model_source, save_checkpoint,
+                             set_determinism, train_rows, write_metrics_file)
 from runner.stages.common import build_trainer, run_loop
 
 EVAL_ROWS = 100  # reward_modeling.py truncates its eval set to sanity_check_max_samples
 
 
-def load_reward_model(path, seed: int):  # noqa: ANN001, ANN201
+def load_reward_model(path, seed: int, plan=None, tokenizer=None, revision: str | None = None):  # noqa: ANN001, ANN201
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, torch_dtype=torch.float32)
+    if plan is not None and plan.profile == "recorded":
+        from runner.models import recorded_load
+
+        model = recorded_load(AutoModelForSequenceClassification, path, plan, tokenizer, revision, num_labels=1)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, torch_dtype=torch.float32)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -76,8 +81,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     seed = plan.hp("seed", 1)
     set_determinism(seed)
     parent = input_path(plan, "init")
-    tokenizer = load_tokenizer(parent, plan)
-    model = load_reward_model(parent, seed)
+    if plan.profile == "recorded":  # --input, the mirror or the Hub, as recorded
+        source, revision = model_source(plan)
+        tokenizer = load_tokenizer(source, plan, revision)
+        model = load_reward_model(source, seed, plan, tokenizer, revision)
+    else:
+        tokenizer = load_tokenizer(parent, plan)
+        model = load_reward_model(parent, seed)
     model.config.pad_token_id = tokenizer.pad_token_id
     pad = tokenizer.pad_token_id
     limit = token_limit(plan)

@@ -19,7 +19,7 @@ from typing import Any
 
 from runner import losses
 from runner.data import masking
-from runner.stagekit import (StageContext, fresh_causal_lm, input_path, load_causal_lm, load_tokenizer,
+from runner.stagekit import (StageContext, fresh_causal_lm, init_model, input_path, load_causal_lm, load_tokenizer,
                              fixture_tokenizer, save_checkpoint, set_determinism, train_rows, write_metrics_file)
 from runner.stages.common import build_trainer, run_loop
 
@@ -51,7 +51,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     plan = ctx.plan
     set_determinism(plan.hp("seed", 0))
     parent = input_path(plan, "init")
-    if parent is not None:
+    if plan.profile == "recorded":
+        tokenizer, model = init_model(plan)  # --input, the mirror or the Hub, as recorded
+    elif parent is not None:
         tokenizer = load_tokenizer(parent, plan)
         if plan.chat_template:
             from runner.stagekit import chat_template_jinja
