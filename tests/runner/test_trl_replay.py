@@ -1,0 +1,101 @@
+"""repro's SmolLM2 stages against TRL 0.12 itself, on the real SmolLM2-135M-Instruct (issue 12).
+
+TRL 0.12 (the DPOTrainer / SFTTrainer the recorded SmolLM2 post-training ran) needs transformers < 4.47, so
+it runs in a side venv installed from PyPI on first use (runner/replay/trl012.py) and is handed the rows of
+repro's first update, in repro's order. repro's side runs its stage through runner.execute on the smoke
+profile's fixture rows with the recorded hyperparameters restored (runner/replay/compare.py). Nothing here
+touches the Hub: the model is the PyPI-shipped GGUF conversion (runner/published.py), the data the fixtures.
+
+The tests skip only when the package index cannot be reached (the side environment cannot be installed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from runner import published
+from runner.replay import compare, trl012
+
+pytestmark = pytest.mark.slow
+REL = 1e-5
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-30)
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return published.ensure_smollm2_135m_instruct()
+
+
+@pytest.fixture(scope="module")
+def trl_python():
+    try:
+        return trl012.env_python()
+    except trl012.TrlEnvError as exc:
+        if exc.unreachable:
+            pytest.skip(f"TRL 0.12 side environment not installable (package index unreachable): {exc}")
+        raise
+
+
+def _our_logps(plan, model_dir, picked_mbs):  # noqa: ANN001
+    """Mean chosen / rejected sequence log-probs per micro-batch, averaged, as TRL logs logps/*."""
+    from runner import switches
+    from runner.stagekit import load_causal_lm, load_tokenizer, train_rows
+    from runner.stages import dpo
+
+    tok = load_tokenizer(model_dir, plan)
+    pairs, dropped = dpo.encode_pairs(plan, train_rows(plan), tok)
+    assert dropped == 0
+    model = load_causal_lm(model_dir).eval()
+    cut = plan.hp("max_seq_length") if switches.is_on(plan.extra, "trl_2330_padding") else False
+    chosen, rejected, widths = [], [], []
+    with torch.no_grad():
+        for mb in picked_mbs:
+            batch = [pairs[j] for j in mb]
+            pc, pr = dpo.concatenated_logps(model, batch, tok.pad_token_id, False, cut)
+            chosen.append(float(pc.mean()))
+            rejected.append(float(pr.mean()))
+            widths.append(dpo.trl012_width([ex[f"{s}_prompt_length"] for s in ("chosen", "rejected") for ex in batch],
+                                           [ex[f"{s}_completion_length"] for s in ("chosen", "rejected") for ex in batch],
+                                           plan.hp("max_seq_length")))
+    return pairs, sum(chosen) / len(chosen), sum(rejected) / len(rejected), widths
+
+
+def test_dpo_first_update_equals_trl_dpotrainer(model_dir, trl_python):
+    """sigmoid loss, β 0.5, max lengths 1024/512, 2 pairs per device (the recorded layout; TRL 0.12's padding
+    cut, huggingface/trl#2330, happens in this batch), accumulation 2 instead of 8 to fit a CPU test."""
+    plan = compare.dpo_plan(model_dir, accumulation=2)
+    assert (plan.hp("dpo_beta"), plan.hp("dpo_loss_type"), plan.hp("per_device_batch_size")) == (0.5, "sigmoid", 2)
+    request = compare.dpo_request(plan, model_dir)
+    record = compare.run_stage(plan)
+    ours = record.steps[0]
+    reply = trl012.run(request)
+    assert reply["versions"]["trl"] == "0.12.2" and reply["versions"]["transformers"] == "4.46.3"
+    assert reply["rope_theta"] == 100000.0  # the transformers-5 folder was read with its real RoPE base
+    theirs = reply["updates"][0]
+
+    from runner.stagekit import train_rows
+
+    mbs = compare.first_update_indices(plan, len(train_rows(plan)))
+    pairs, logp_c, logp_r, widths = _our_logps(plan, model_dir, mbs)
+    # Same tokens: TRL's tokenize_row on alignment-handbook's strings (built here with the model's own chat
+    # template) against repro's encoding (its own ChatML renderer).
+    for tok_row, j in zip(reply["tokenized"], request["picked"]):
+        for side in ("chosen", "rejected"):
+            assert tok_row["prompt_input_ids"] + tok_row[f"{side}_input_ids"] == pairs[j][f"{side}_input_ids"]
+    # Same padded widths in every policy forward: TRL's cut shortened at least one micro-batch here.
+    assert [w[1] for w in reply["policy_widths"]] == widths
+    full = [max(len(pairs[j][f"{s}_input_ids"]) for s in ("chosen", "rejected") for j in mb) for mb in mbs]
+    assert any(w < f for w, f in zip(widths, full)), "the batch should exercise huggingface/trl#2330"
+
+    # Policy = reference at the first update: loss log 2 and zero rewards on both sides, exactly.
+    assert ours["loss"] == pytest.approx(math.log(2), rel=REL) and rel(ours["loss"], theirs["loss"]) < REL
+    assert ours["rewards_chosen"] == theirs["rewards/chosen"] == 0.0
+    assert ours["rewards_rejected"] == theirs["rewards/rejected"] == 0.0
+    assert rel(ours["grad_norm"], theirs["grad_norm"]) < REL, (ours["grad_norm"], theirs["grad_norm"])
+    assert rel(logp_c, theirs["logps/chosen"]) < REL and rel(logp_r, theirs["logps/rejected"]) < REL
