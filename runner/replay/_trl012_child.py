@@ -100,11 +100,28 @@ class Recorder:
         self.micro = []
         self.updates = []
         self.widths = []
+        self.started = self.seconds = None
 
     def hook(self, _module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
             self.widths.append(list(ids.shape))
+
+
+def Clock(recorder):
+    """Wall time of each update (forwards, backwards, clipping, optimizer step), for the benchmark."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class _Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            recorder.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            recorder.seconds = time.perf_counter() - recorder.started
+
+    return _Clock()
 
 
 def trainer_class(base, recorder, deepspeed_scaling=False):
@@ -137,6 +154,7 @@ def trainer_class(base, recorder, deepspeed_scaling=False):
             if training:
                 entry = dict(logs)
                 entry["loss"] = sum(recorder.micro)  # the same sum the Trainer rounds to 4 decimals
+                entry["seconds"] = recorder.seconds
                 recorder.micro.clear()
                 recorder.updates.append(entry)
             return result
@@ -173,7 +191,8 @@ def run_dpo(req, folder, work):
                      loss_type=cfg["loss_type"], gradient_checkpointing=cfg.get("gradient_checkpointing", False),
                      **common_args(cfg, work / "out", req["steps"]))
     trainer = trainer_class(DPOTrainer, recorder, cfg.get("deepspeed_scaling", True))(model=model, ref_model=ref, args=args,
-                                                  train_dataset=Dataset.from_list(texts), processing_class=tok)
+                                                  train_dataset=Dataset.from_list(texts), processing_class=tok,
+                                                  callbacks=[Clock(recorder)])
     tokenized = [{k: trainer.train_dataset[i][k] for k in ("prompt_input_ids", "chosen_input_ids",
                                                             "rejected_input_ids")} for i in range(len(texts))]
     trainer.train()
@@ -205,7 +224,8 @@ def run_sft(req, folder, work):
                      **common_args(cfg, work / "out", req["steps"]))
     # A dataset with input_ids is used as given (SFTTrainer._prepare_dataset), as its packed one would be.
     train = Dataset.from_list([{"input_ids": b, "labels": b} for b in picked])
-    trainer = trainer_class(SFTTrainer, recorder)(model=model, args=args, train_dataset=train, processing_class=tok)
+    trainer = trainer_class(SFTTrainer, recorder)(model=model, args=args, train_dataset=train, processing_class=tok,
+                                                   callbacks=[Clock(recorder)])
     trainer.train()
     return {"updates": recorder.updates, "texts": texts, "blocks": blocks,
             "collator": type(trainer.data_collator).__name__,

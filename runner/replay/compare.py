@@ -52,21 +52,27 @@ def trl_config(plan) -> dict[str, Any]:  # noqa: ANN001
             "max_grad_norm": plan.hp("max_grad_norm", 1.0), "weight_decay": plan.hp("weight_decay", 0.0)}
 
 
-def dpo_request(plan, init: Path, steps: int = 1) -> dict[str, Any]:  # noqa: ANN001
-    """The TRL request for the stage's first `steps` updates (update 0's rows only when steps == 1)."""
+def dpo_request(plan, init: Path, steps: int = 1, threads: int = 1) -> dict[str, Any]:  # noqa: ANN001
+    """The TRL request for the stage's first `steps` updates: their rows, in the order the stage draws them
+    (TRL's sequential sampler then forms the same micro-batches and updates)."""
     from runner.stagekit import train_rows
+    from runner.trainer import epoch_order, micro_batches
 
     rows = train_rows(plan)
     # SmolLM2 DPO keeps every pair (TRL 0.12 drops none), so pair i is row i.
+    order = epoch_order(len(rows), plan.hp("seed", 0), int(plan.hp("epochs", 1)))
     picked: list[int] = []
-    if steps != 1:
-        raise ValueError("only the first update's batch is sent")
-    for mb in first_update_indices(plan, len(rows)):
-        picked += mb
+    for update in range(steps):
+        mbs = micro_batches(order, update, plan.hp("per_device_batch_size", 1),
+                            plan.hp("gradient_accumulation_steps", 1), 1, 0, len(rows))
+        if len(mbs) != plan.hp("gradient_accumulation_steps", 1) or any(len(mb) != plan.hp("per_device_batch_size")
+                                                                        for mb in mbs):
+            raise ValueError(f"update {update} is not a full batch; ask for fewer steps")
+        picked += [j for mb in mbs for j in mb]
     cfg = trl_config(plan) | {"beta": plan.hp("dpo_beta"), "loss_type": plan.hp("dpo_loss_type", "sigmoid"),
                               "max_length": plan.hp("max_seq_length"),
                               "max_prompt_length": plan.hp("max_prompt_length")}
-    return {"task": "dpo", "model": str(init), "steps": steps, "config": cfg,
+    return {"task": "dpo", "model": str(init), "steps": steps, "config": cfg, "threads": threads,
             "rows": [{"chosen": rows[i]["chosen"], "rejected": rows[i]["rejected"]} for i in picked],
             "picked": picked}
 
@@ -86,20 +92,24 @@ def sft_plan(init: Path, accumulation: int, max_seq_length: int, per_device: int
     return plan
 
 
-def sft_request(plan, init: Path, tokenizer) -> dict[str, Any]:  # noqa: ANN001
-    """TRL gets the conversations in the order the stage packs them and the block order of update 0."""
+def sft_request(plan, init: Path, tokenizer, steps: int = 1, threads: int = 1) -> dict[str, Any]:  # noqa: ANN001
+    """TRL gets the conversations in the order the stage packs them and the block order of its first updates."""
     import random
 
     from runner.stagekit import train_rows
     from runner.stages.sft import encode
+    from runner.trainer import epoch_order, micro_batches
 
     rows = train_rows(plan)
     order = list(range(len(rows)))
     random.Random(plan.hp("seed", 42)).shuffle(order)  # the order stages/sft.encode packs in
     blocks, _ = encode(plan, rows, tokenizer)
-    picked = [i for mb in first_update_indices(plan, len(blocks)) for i in mb]
+    block_order = epoch_order(len(blocks), plan.hp("seed", 0), int(plan.hp("epochs", 1)))
+    picked = [i for u in range(steps) for mb in micro_batches(block_order, u, plan.hp("per_device_batch_size", 1),
+                                                             plan.hp("gradient_accumulation_steps", 1), 1, 0,
+                                                             len(blocks)) for i in mb]
     cfg = trl_config(plan) | {"max_seq_length": plan.hp("max_seq_length"), "block_order": picked}
-    return {"task": "sft", "model": str(init), "steps": 1, "config": cfg,
+    return {"task": "sft", "model": str(init), "steps": steps, "config": cfg, "threads": threads,
             "rows": [{"messages": rows[i]["messages"]} for i in order],
             "ours_blocks": [blocks[i]["input_ids"] for i in range(len(blocks))], "picked": picked}
 

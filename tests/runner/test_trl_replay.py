@@ -99,3 +99,32 @@ def test_dpo_first_update_equals_trl_dpotrainer(model_dir, trl_python):
     assert ours["rewards_rejected"] == theirs["rewards/rejected"] == 0.0
     assert rel(ours["grad_norm"], theirs["grad_norm"]) < REL, (ours["grad_norm"], theirs["grad_norm"])
     assert rel(logp_c, theirs["logps/chosen"]) < REL and rel(logp_r, theirs["logps/rejected"]) < REL
+
+
+def test_smollm2_sft_first_update_equals_trl_sfttrainer(model_dir, trl_python):
+    """Packed SFT (AH-ORIG run_sft.py forces packing): TRL's ConstantLengthDataset on alignment-handbook's
+    texts gives repro's blocks token for token, and TRL's loss and gradient on the first update's blocks are
+    repro's, up to transformers 4.46's token count.
+
+    transformers 4.46.3 (the newest TRL 0.12 allows) divides the summed token loss by the count of labels
+    *before* the causal shift, over the whole accumulated batch: L per packed row where L − 1 tokens are
+    predicted. repro divides by the predicted tokens (L − 1 per row), as the loss is defined. Every packed row
+    has the same length, so TRL's loss and gradient are exactly (L − 1)/L of repro's; the test checks that
+    factor (0.99609 at L = 256, 0.99988 at the recorded 8,192). Under gradient clipping (norm ≫ 1) and Adam,
+    the update is unchanged by it.
+    """
+    from runner.stagekit import load_tokenizer
+
+    length = 256
+    plan = compare.sft_plan(model_dir, accumulation=2, max_seq_length=length, per_device=4)
+    tokenizer = load_tokenizer(model_dir, plan)
+    request = compare.sft_request(plan, model_dir, tokenizer)
+    record = compare.run_stage(plan)
+    ours = record.steps[0]
+    reply = trl012.run(request)
+    assert reply["blocks"] == request["ours_blocks"]  # same texts, same tokens, same packing
+    assert reply["model_accepts_loss_kwargs"] is True  # the 4.46 path the factor comes from
+    theirs = reply["updates"][0]
+    factor = (length - 1) / length
+    assert rel(ours["loss"] * factor, theirs["loss"]) < REL, (ours["loss"], theirs["loss"])
+    assert rel(ours["grad_norm"] * factor, theirs["grad_norm"]) < REL, (ours["grad_norm"], theirs["grad_norm"])
