@@ -229,9 +229,12 @@ class Generator:
         self.batch_size, self.max_length = batch_size, max_length
 
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: int, eos_ids: list[int],
-                 progress: Callable[[int], None] | None = None) -> tuple[list[list[int]], int]:
+                 progress: Callable[[int], None] | None = None,
+                 stop_strings: Sequence[str] = ()) -> tuple[list[list[int]], int]:
         """Token ids generated for each prompt (EOS and anything after it removed), and the total
-        number of tokens generated (the EOS included, as the engine produced it)."""
+        number of tokens generated (the EOS included, as the engine produced it). A row also stops
+        once its text contains one of `stop_strings` (the caller still cuts the text there: a row
+        only ends at a token boundary, so its last token may run past the stop string)."""
         import torch
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
@@ -251,7 +254,9 @@ class Generator:
                     att[r, L - len(s):] = 1
                 out = self.model.generate(input_ids=ids, attention_mask=att, do_sample=False,
                                           max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
-                                          pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+                                          pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+                                          **({"stop_strings": list(stop_strings), "tokenizer": self.tokenizer}
+                                             if stop_strings else {}))
                 for r, i in enumerate(idx):
                     gen = out[r, L:].tolist()
                     cut = next((j for j, t in enumerate(gen) if t in eos_ids), None)

@@ -64,7 +64,7 @@ def run_olmes_task(task: ot.OlmesTask, model, tokenizer, *, limit: int | None, p
         bar = Progress(f"{task.name}/{part.name}", len(picked), enabled=progress)
         t0 = time.perf_counter()
         outs, tokens = Generator(model, tokenizer, batch_size=gen_batch, max_length=ot.MAX_LENGTH).generate(
-            prompts, task.max_gen_toks, eos, progress=bar.advance)
+            prompts, task.max_gen_toks, eos, progress=bar.advance, stop_strings=task.stop_sequences)
         seconds += time.perf_counter() - t0
         tokens_generated += tokens
         texts = [cut_at_stops(tokenizer.decode(o, skip_special_tokens=True), task.stop_sequences) for o in outs]

@@ -126,3 +126,45 @@ def test_tulu_suite_tasks_and_refusals():
 def test_subset_is_seeded_and_stable():
     assert ot.select(1319, 5, 42) == ot.select(1319, 5, 42) and len(set(ot.select(1319, 5, 42))) == 5
     assert ot.select(10, None, 42) == list(range(10)) and ot.select(10, 50, 42) == list(range(10))
+
+
+@pytest.fixture(scope="module")
+def tulu_miniature(tmp_path_factory):
+    """A tulu-tokenizer causal LM with the Tülu chat template (random weights)."""
+    from runner.data.templates import TULU_JINJA
+    from runner.data.tokenizer import build_tokenizer, fixture_corpus
+    from runner.models import LLAMA31_8B, build_model, miniature
+
+    root = tmp_path_factory.mktemp("tulu-mini")
+    tok = build_tokenizer("tulu", fixture_corpus("tulu"))
+    tok.chat_template = TULU_JINJA
+    config, _ = miniature(LLAMA31_8B, (len(tok) + 7) // 8 * 8, initializer_range=0.2, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    build_model(config, 1).save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+def test_tulu_suite_runs_end_to_end_on_a_miniature(tulu_miniature, monkeypatch):
+    import dataclasses
+
+    from runner.evaltasks.run import run_published
+
+    # Few new tokens keep this a pipeline test; everything else is the task as registered.
+    for name in ("gsm8k", "math"):
+        monkeypatch.setitem(ot.TASKS, name, dataclasses.replace(ot.TASKS[name], max_gen_toks=6))
+    out = run_published(tulu_miniature, family="tulu3", tasks="gsm8k,math", limit=1, threads=1, progress=False)
+    by = {m["name"]: m for m in out["metrics"]}
+    assert set(by) == {"GSM8K", "MATH"}
+    g, m = by["GSM8K"]["protocol"], by["MATH"]["protocol"]
+    assert g["published"] == {"harness": "OLMES", "task": "gsm8k::tulu", "shots": 8, "metric": "exact_match"}
+    assert m["published"]["task"] == "minerva_math::tulu" and m["published"]["metric"] == "Flex"
+    assert g["implements"]["harness"] == "OLMES" and g["implements"]["max_length"] == 4096
+    assert g["chat_template"] is True and g["generation"]["stop"] == ["<eos>", *ot.GSM8K_STOP]
+    assert (g["n"], g["n_total"], m["n"], m["n_total"]) == (1, 1319, 7, 5000)
+    assert g["subset"]["seed"] == 42 and m["subset"]["seed"] == 1234
+    assert len(m["parts"]) == 7 and set(m["metrics"]) == {"exact_match", "exact_match_flex"}
+    assert any("verify_math_sample" in d for d in m["deviations"]) and g["deviations"][0].startswith("subset: 1 of")
+    assert len(g["data_sha256"]) == 64 and by["GSM8K"]["value"] in (0.0, 100.0)
+    prompt_rows = [d for d in out["details"] if d["task"] == "gsm8k"]
+    assert prompt_rows[0]["row"] == ot.select(1319, 1, 42)[0] and isinstance(prompt_rows[0]["prediction"], str)
