@@ -101,6 +101,42 @@ def test_dpo_first_update_equals_trl_dpotrainer(model_dir, trl_python):
     assert rel(logp_c, theirs["logps/chosen"]) < REL and rel(logp_r, theirs["logps/rejected"]) < REL
 
 
+def test_recorded_profile_dpo_run_equals_trl_dpotrainer(model_dir, trl_python, cli, tmp_path, monkeypatch):
+    """`repro run smollm2-135m --stage dpo` in the recorded profile (a mirror of ultrafeedback_binarized-shaped
+    parquet shards, --input init= the real model, --max-steps 2, the explicit CPU/fp32 override): its logged
+    first update equals TRL's DPOTrainer on the same batch. Layout: the recorded 2 pairs per device, one
+    process accumulating 2 (the recorded 8 × 8 does not fit a CPU test)."""
+    import json
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from runner.data.fixtures import FIXTURES_ROOT
+    from runner.plan import RunPlan
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    lines = (FIXTURES_ROOT / "smollm2/ultrafeedback_binarized-train_prefs.jsonl").read_text().splitlines()
+    data = tmp_path / "mirror" / "HuggingFaceH4" / "ultrafeedback_binarized" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([json.loads(x) for x in lines[:24]]), data / "train_prefs-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist([json.loads(x) for x in lines[24:28]]), data / "test_prefs-00000-of-00001.parquet")
+    code, out, err = cli("run", "smollm2-135m", "--stage", "dpo", "--hub-mirror", str(tmp_path / "mirror"),
+                         "--input", f"init={model_dir}", "--precision", "fp32", "--device", "cpu",
+                         "--max-steps", "2", "--set", "gradient_accumulation_steps=2", "--set", "num_processes=1",
+                         "--json")
+    assert code == 0, err
+    record = json.loads((Path(json.loads(out)["run_dir"]) / "run.json").read_text())
+    plan = RunPlan.from_json(record["plan"])
+    assert plan.profile == "recorded" and plan.hp("per_device_batch_size") == 2 and len(record["steps"]) == 2
+    reply = trl012.run(compare.dpo_request(plan, model_dir))
+    ours, theirs = record["steps"][0], reply["updates"][0]
+    assert rel(ours["loss"], theirs["loss"]) < REL
+    assert ours["rewards_chosen"] == theirs["rewards/chosen"] and ours["rewards_rejected"] == theirs["rewards/rejected"]
+    assert rel(ours["grad_norm"], theirs["grad_norm"]) < REL, (ours["grad_norm"], theirs["grad_norm"])
+
+
 def test_smollm2_sft_first_update_equals_trl_sfttrainer(model_dir, trl_python):
     """Packed SFT (AH-ORIG run_sft.py forces packing): TRL's ConstantLengthDataset on alignment-handbook's
     texts gives repro's blocks token for token, and TRL's loss and gradient on the first update's blocks are
