@@ -180,7 +180,7 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 DEVICES = ("cuda", "cpu")
 
 
-def _recorded_options(plan, reg, hub_mirror: Path | None, precision: str | None, device: str | None,  # noqa: ANN001
+def _recorded_options(plan: Any, reg: Any, hub_mirror: Path | None, precision: str | None, device: str | None,
                       public_stand_in: bool, launcher: str) -> Path | None:
     """--hub-mirror / REPRO_HUB_MIRROR, --precision, --device and --public-stand-in, applied to the plan with
     their deviations; returns the mirror directory (None: the Hub)."""

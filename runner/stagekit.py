@@ -138,7 +138,8 @@ def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):  # noqa: ANN001, ANN
     return build_model(config, seed=plan.hp("seed", 0))
 
 
-def load_causal_lm(path: Path | str, plan: RunPlan | None = None, tokenizer=None, revision: str | None = None):  # noqa: ANN001, ANN201
+def load_causal_lm(path: Path | str, plan: RunPlan | None = None, tokenizer: Any = None,
+                   revision: str | None = None) -> Any:
     """A causal LM from a folder or Hub id. The smoke profile loads in float32 as before; the recorded
     profile loads in the plan's precision with the attention kernel, gradient checkpointing and
     (Tülu) embedding resize of the recording (runner/models.recorded_load)."""
@@ -155,7 +156,7 @@ def load_causal_lm(path: Path | str, plan: RunPlan | None = None, tokenizer=None
     return model
 
 
-def init_model(plan: RunPlan, role: str = "init"):  # noqa: ANN201
+def init_model(plan: RunPlan, role: str = "init") -> tuple[Any, Any]:
     """(tokenizer, model) of a stage's init in the recorded profile: `--input ROLE=PATH`, the mirror's
     DIR/<org>/<name>/, or the Hub at the recorded revision (resolved before the run by check_models)."""
     source, revision = model_source(plan, role)

@@ -119,3 +119,28 @@ def test_tulu_sft_from_a_tiny_llama(cli, tmp_path, offline):
     assert len(record["steps"]) == 2 and all(math.isfinite(s["loss"]) for s in record["steps"])
     front = (Path(record["run_dir"]) / "checkpoint" / "README.md").read_text().split("---")[1]
     assert "base_model" not in front  # a local folder, not the recorded meta-llama/Llama-3.1-8B
+
+
+def test_smollm2_sft_on_the_published_checkpoint(cli, tmp_path, offline):
+    from runner import published
+
+    try:
+        init = published.ensure_smollm2_135m_instruct()
+    except published.PublishedCheckpointError as exc:
+        pytest.skip(f"published checkpoint unavailable: {exc}")
+    mirror = tmp_path / "mirror"
+    shard(mirror / "HuggingFaceTB" / "smol-smoltalk" / "data", "train", rows("smollm2/smoltalk.jsonl"))
+    # The recorded 4 × 8192-token blocks per device do not fit this machine's memory on CPU: shorter blocks,
+    # one per micro-batch, each a recorded deviation.
+    record = run_record(cli, ["run", "smollm2-135m", "--stage", "sft", "--hub-mirror", str(mirror), "--input",
+                              f"init={init}", "--precision", "fp32", "--device", "cpu", "--max-steps", "2",
+                              "--set", "max_seq_length=512", "--set", "per_device_batch_size=1",
+                              "--set", "gradient_accumulation_steps=2", "--set", "num_processes=1"])
+    plan = record["plan"]
+    assert record["status"] == "succeeded"
+    assert plan["hyperparameters"]["packing"] is True and plan["hyperparameters"]["lr_scheduler"] == "cosine"
+    assert deviation(record, "max_seq_length")["value"] == 512
+    assert record["final_metrics"]["examples"] > 0
+    assert len(record["steps"]) == 2 and all(math.isfinite(s["loss"]) for s in record["steps"])
+    front = (Path(record["run_dir"]) / "checkpoint" / "README.md").read_text().split("---")[1]
+    assert 'base_model: "HuggingFaceTB/SmolLM2-135M-Instruct"' in front
