@@ -157,7 +157,15 @@ def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
 
 
 def table_bytes(engine, n: int) -> str:  # noqa: ANN001
-    """Bytes per run of each table with its indexes (SQLite's dbstat; '' where it is not compiled in)."""
+    """Bytes per run of each table with its indexes (SQLite's dbstat, '' where it is not compiled in;
+    PostgreSQL's pg_total_relation_size)."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT relname, pg_total_relation_size(relid) FROM pg_stat_user_tables "
+                                     "ORDER BY 2 DESC LIMIT 6")).all()
+        return ", ".join(f"{name} {size / n:.0f}" for name, size in rows)
     if engine.dialect.name != "sqlite":
         return ""
     raw = engine.raw_connection()

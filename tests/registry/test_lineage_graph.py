@@ -217,3 +217,31 @@ def test_cold_lineage_and_runs_import_no_sqlalchemy_once_synced(tmp_path):
     runs = subprocess.run([sys.executable, "-c", PROBE, "runs", "--json"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert runs.returncode == 0 and runs.stdout == "[]\n" and "SQLALCHEMY=False" in runs.stderr, runs.stderr
+
+
+def test_one_writer_keeps_or_replaces_an_edge_and_stores_each_node_once(db_url):
+    """add_edges is the one edge writer (run records, evaluations, converted checkpoints): an edge
+    already there is kept, or with replace= given the new hash and path; a node's key is stored once
+    however many edges use it, and the ORM spelling (LineageEdgeRow(parent=KEY)) shares the nodes."""
+    from registry.db import LineageNodeRow
+
+    with session_scope(db_url) as s:
+        add_edges(s, [("checkpoint:base", "checkpoint:base@q4", "quantized-copy", "h-old", None)],
+                  origin="conversion")
+        add_edges(s, [("checkpoint:base", "checkpoint:base@q4", "quantized-copy", "h-new", None)])
+        assert s.scalars(select(LineageEdgeRow.content_hash)).all() == ["h-old"]  # kept as recorded
+        add_edges(s, [("checkpoint:base", "checkpoint:base@q4", "quantized-copy", "h-new", "/files/q4")],
+                  origin="conversion", replace=True)
+        edge = s.scalars(select(LineageEdgeRow)).one()
+        assert (edge.parent, edge.child, edge.content_hash, edge.origin) == (
+            "checkpoint:base", "checkpoint:base@q4", "h-new", "conversion")
+        assert json.loads(edge.note)["path"] == "/files/q4"
+        s.add(LineageEdgeRow(parent="checkpoint:base", child="run:eval-1", relation="evaluated", origin="run"))
+        add_edges(s, [("checkpoint:base@q4", "run:eval-1", "evaluated", None, None)])
+        s.flush()
+        keys = s.scalars(select(LineageNodeRow.key).order_by(LineageNodeRow.key)).all()
+        assert keys == ["checkpoint:base", "checkpoint:base@q4", "run:eval-1"]
+        assert s.scalars(select(LineageEdgeRow.parent).where(LineageEdgeRow.child == "run:eval-1")
+                         .order_by(LineageEdgeRow.id)).all() == ["checkpoint:base", "checkpoint:base@q4"]
+        with pytest.raises(ReproError, match="would close a cycle"):
+            add_edges(s, [("run:eval-1", "checkpoint:base", "init", None, None)])
