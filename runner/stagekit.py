@@ -246,6 +246,13 @@ def _no_dropout(model: torch.nn.Module) -> None:
         model.config.attention_dropout = 0.0
 
 
+def on_device(tensors: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
+    """Batches are built on the CPU; a model on a GPU (the recorded profile) gets them on its own device.
+    On the CPU the very same tensors come back (the smoke profile's bits cannot change)."""
+    device = next(model.parameters()).device
+    return tensors if device.type == "cpu" else {k: v.to(device) for k, v in tensors.items()}
+
+
 def input_path(plan: RunPlan, role: str) -> Path | None:
     ref = plan.inputs.get(role)
     return Path(ref["path"]) if ref and ref.get("path") else None

@@ -25,7 +25,7 @@ import torch
 from runner import losses, switches
 from runner.data import masking
 from runner.stagekit import (StageContext, init_model, input_path, load_causal_lm, load_rows, load_tokenizer,
-                             save_checkpoint, set_determinism, train_rows, write_metrics_file)
+                             on_device, save_checkpoint, set_determinism, train_rows, write_metrics_file)
 from runner.stages.common import build_trainer, drive, loop_config
 from runner.trainer import epoch_order, micro_batches
 
@@ -77,7 +77,7 @@ def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, avera
                              [ex[f"{side}_completion_length"] for side in ("chosen", "rejected") for ex in batch],
                              trl012_max_length)
         rows = [{k: v[:width] for k, v in row.items()} for row in rows]
-    tensors = masking.collate(rows, pad)
+    tensors = on_device(masking.collate(rows, pad), model)
     logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
     logps = losses.sequence_logps(logits, tensors["labels"], average=average)
     n = len(batch)

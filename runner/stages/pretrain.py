@@ -23,7 +23,8 @@ import torch
 
 from runner import losses
 from runner.stagekit import (StageContext, fresh_causal_lm, input_path, load_causal_lm, load_tokenizer,
-                             fixture_tokenizer, load_rows, save_checkpoint, set_determinism, write_metrics_file)
+                             fixture_tokenizer, load_rows, on_device, save_checkpoint, set_determinism,
+                             write_metrics_file)
 from runner.stages.common import build_trainer, drive
 
 FIXTURE_COMPONENT = "fixture:pretrain/"  # the smoke plan's names for the fixture components
@@ -100,7 +101,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return [mine[i * pd:(i + 1) * pd] for i in range(ga)]
 
     def loss_fn(batch: list[tuple[str, int, int]], _index: int):
-        ids = torch.tensor([blocks[name][i] for name, i, _ in batch])
+        ids = on_device({"ids": torch.tensor([blocks[name][i] for name, i, _ in batch])}, net)["ids"]
         logits = net(input_ids=ids).logits
         loss = losses.sft_loss(logits, ids, "mean")
         with torch.no_grad():  # per-component loss makes phase switches visible in the record
@@ -147,7 +148,7 @@ def heldout_loss(model, tokenizer, entry: dict[str, Any], seq_len: int) -> dict[
     blocks = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
     total, count = 0.0, 0
     for i in range(0, len(blocks), 16):
-        ids = torch.tensor(blocks[i:i + 16])
+        ids = on_device({"ids": torch.tensor(blocks[i:i + 16])}, model)["ids"]
         logps, mask = losses.token_logps(model(input_ids=ids).logits, ids)
         total += float(-(logps * mask).sum())
         count += int(mask.sum())

@@ -21,8 +21,8 @@ import torch
 from runner import losses
 from runner.data import masking
 from runner.data.templates import render
-from runner.stagekit import (StageContext, input_path, load_rows, load_tokenizer, model_source, save_checkpoint,
-                             set_determinism, train_rows, write_metrics_file)
+from runner.stagekit import (StageContext, input_path, load_rows, load_tokenizer, model_source, on_device,
+                             save_checkpoint, set_determinism, train_rows, write_metrics_file)
 from runner.stages.common import build_trainer, run_loop
 
 EVAL_ROWS = 100  # reward_modeling.py truncates its eval set to sanity_check_max_samples
@@ -68,7 +68,7 @@ def encode_pairs(rows: list[dict[str, Any]], tokenizer, template: str, max_token
 
 def pair_scores(model, batch: list[dict[str, list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     rows = [{"input_ids": ex[side]} for side in ("chosen", "rejected") for ex in batch]
-    ids = masking.collate(rows, pad)["input_ids"]
+    ids = on_device(masking.collate(rows, pad), model)["input_ids"]
     backbone = getattr(model, "module", model)
     hidden = backbone.model(input_ids=ids, attention_mask=(ids != pad).long()).last_hidden_state
     scores = losses.gather_at(backbone.score(hidden).squeeze(-1), losses.last_nonpad_index(ids, pad))

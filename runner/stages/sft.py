@@ -19,8 +19,9 @@ from typing import Any
 
 from runner import losses
 from runner.data import masking
-from runner.stagekit import (StageContext, fresh_causal_lm, init_model, input_path, load_causal_lm, load_tokenizer,
-                             fixture_tokenizer, save_checkpoint, set_determinism, train_rows, write_metrics_file)
+from runner.stagekit import (StageContext, fixture_tokenizer, fresh_causal_lm, init_model, input_path, load_causal_lm,
+                             load_tokenizer, on_device, save_checkpoint, set_determinism, train_rows,
+                             write_metrics_file)
 from runner.stages.common import build_trainer, run_loop
 
 
@@ -73,7 +74,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     net = trainer.wrapped or model  # under DDP the forward must go through the wrapper
 
     def loss_fn(batch: list[dict[str, Any]], _index: int):
-        tensors = masking.collate(batch, pad)
+        tensors = on_device(masking.collate(batch, pad), net)
         logits = net(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
         loss = losses.sft_loss(logits, tensors["labels"], reduction)
         tokens = int((tensors["labels"][:, 1:] != losses.IGNORE_INDEX).sum())
