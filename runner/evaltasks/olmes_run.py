@@ -35,7 +35,7 @@ def cut_at_stops(text: str, stops: tuple[str, ...]) -> str:
     return text[:end]
 
 
-def build_prompt(task: ot.OlmesTask, shots: list[ot.Shot], doc: dict[str, Any], tokenizer) -> str:  # noqa: ANN001
+def build_prompt(task: ot.OlmesTask, shots: list[ot.Shot], doc: dict[str, Any], tokenizer: Any) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ReproError(f"{task.task} runs with the model's chat template (use_chat_format) and this tokenizer "
                          "has none; give the checkpoint its chat template")
@@ -43,7 +43,7 @@ def build_prompt(task: ot.OlmesTask, shots: list[ot.Shot], doc: dict[str, Any], 
                                          add_generation_prompt=True)
 
 
-def run_olmes_task(task: ot.OlmesTask, model, tokenizer, *, limit: int | None, progress: bool = True,  # noqa: ANN001
+def run_olmes_task(task: ot.OlmesTask, model: Any, tokenizer: Any, *, limit: int | None, progress: bool = True,
                    gen_batch: int = 8) -> dict[str, Any]:
     from runner.evaltasks.engine import Generator, Progress
 
@@ -56,7 +56,8 @@ def run_olmes_task(task: ot.OlmesTask, model, tokenizer, *, limit: int | None, p
         loaded = eval_data.load(part.source)
         shots = ot.parse_shots(ot.fewshot_prefix(part.source, task.text), task.head, task.sep)
         if len(shots) != task.shots:
-            raise eval_data.DatasetError(f"{part.source}: {len(shots)} few-shot examples, {task.task} uses {task.shots}")
+            raise eval_data.DatasetError(f"{part.source}: {len(shots)} few-shot examples, {task.task} uses "
+                                         f"{task.shots}")
         picked = ot.select(len(loaded.rows), limit, task.subsample_seed)
         # The template already holds the special tokens it wants (BOS included where it writes one).
         prompts = [tokenizer.encode(build_prompt(task, shots, loaded.rows[i], tokenizer), add_special_tokens=False)
@@ -70,7 +71,8 @@ def run_olmes_task(task: ot.OlmesTask, model, tokenizer, *, limit: int | None, p
         texts = [cut_at_stops(tokenizer.decode(o, skip_special_tokens=True), task.stop_sequences) for o in outs]
         scores = [task.score(t, loaded.rows[i]) for t, i in zip(texts, picked)]
         values = [s[task.metric] for s in scores]
-        details += [{"part": part.name, "row": i, "prediction": t, "scores": s} for i, t, s in zip(picked, texts, scores)]
+        details += [{"part": part.name, "row": i, "prediction": t, "scores": s}
+                    for i, t, s in zip(picked, texts, scores)]
         parts_out.append({"part": part.name, "value": 100.0 * sum(values) / len(values), "n": len(values),
                           "n_total": len(loaded.rows), "standard_error": 100.0 * _se(values),
                           "metrics": {k: 100.0 * sum(s[k] for s in scores) / len(scores) for k in scores[0]},

@@ -205,8 +205,8 @@ TASKS: dict[str, OlmesTask] = {t.name: t for t in (
               "\nAnswer:", gsm8k_score, "exact_match", 8, 512, GSM8K_STOP, 42),
     OlmesTask("math", "MATH", "minerva_math::tulu",
               tuple(Part(f"minerva_math_{s}::tulu", f"minerva_math_{s}:test") for s in MATH_SUBJECTS), **_MATH),
-    OlmesTask("math500", "MATH-500", "minerva_math_500::tulu", (Part("minerva_math_500::tulu", "minerva_math_500:test"),),
-              **_MATH),
+    OlmesTask("math500", "MATH-500", "minerva_math_500::tulu",
+              (Part("minerva_math_500::tulu", "minerva_math_500:test"),), **_MATH),
 )}
 
 # tulu_3_dev tasks that are not run here; `repro eval --tasks NAME` refuses each with this line.
