@@ -122,15 +122,12 @@ def preflight(plan: RunPlan) -> None:
 
 def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord | None = None,
             output_dir: Path | None = None, progress: Callable | None = None, max_updates: int | None = None,
-            tensorboard: bool = False, accelerator=None) -> RunRecord:  # noqa: ANN001
-    from runner.stagekit import StageContext
-
+            tensorboard: bool = False, accelerator=None) -> RunRecord:
     record = resume_record or start_run(plan, inputs, output_dir)
     if resume_record is not None:
         resume_run(record)
-    ctx = StageContext(plan=record.plan, record=record, resume=resume_record is not None, accelerator=accelerator,
-                       progress=progress, max_updates=max_updates,
-                       log_dir=record.run_dir / "tensorboard" if tensorboard else None)
+    ctx = stage_context(record, resume=resume_record is not None, accelerator=accelerator, progress=progress,
+                        max_updates=max_updates, log_dir=record.run_dir / "tensorboard" if tensorboard else None)
     module = importlib.import_module(STAGE_MODULES[plan.stage])
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -170,18 +167,119 @@ def first_state_update(stage: str) -> int:
     return STATE_EVERY
 
 
-def _raise_interrupt(_signum, _frame) -> None:  # noqa: ANN001
+def _raise_interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
+def stage_context(record: RunRecord, *, resume: bool = False, accelerator: Any = None,
+                  progress: Callable | None = None, max_updates: int | None = None,
+                  log_dir: Path | None = None) -> Any:
+    """The one place a StageContext is built: for the in-process run and for every launched process."""
+    from runner.stagekit import StageContext
+
+    return StageContext(plan=record.plan, record=record, resume=resume, accelerator=accelerator, progress=progress,
+                        max_updates=max_updates, log_dir=log_dir)
+
+
+def make_accelerator(plan: RunPlan | None = None) -> Any:
+    """The Accelerator of a launched process: DDP (gloo on CPU, NCCL on GPUs), or DeepSpeed when the launch
+    names a config (the `--deepspeed` CPU runs through REPRO_DEEPSPEED_CONFIG; `accelerate launch
+    --use_deepspeed` through accelerate's own environment)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    class _Accelerator(Accelerator):
+        """DeepSpeed must see the optimizer when it wraps the model; the stages prepare the model alone
+        (runner.stages.common.build_trainer) before the Trainer builds the optimizer, so a lone module is
+        returned as is under DeepSpeed and the Trainer prepares model + optimizer together."""
+
+        def prepare(self, *args: Any, **kwargs: Any) -> Any:
+            if (self.distributed_type == DistributedType.DEEPSPEED and len(args) == 1
+                    and isinstance(args[0], torch.nn.Module)):
+                return args[0]
+            return super().prepare(*args, **kwargs)
+
+    cuda = torch.cuda.is_available()
+    plugin = deepspeed_plugin(plan, cuda)
+    if plugin is None:
+        return _Accelerator(cpu=not cuda)
+    kwargs: dict[str, Any] = {}
+    if not cuda:
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # accelerate's CPU mode (ACCELERATE_USE_CPU, cpu=True) silently drops the DeepSpeed plugin and runs
+        # plain DDP; without it and without CUDA it sets up no process group at all unless told the backend.
+        # So: not CPU mode, and gloo named, which DeepSpeed's CPU accelerator then initializes.
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+    ga = plugin.deepspeed_config.get("gradient_accumulation_steps")
+    accelerator = _Accelerator(deepspeed_plugin=plugin, gradient_accumulation_steps=ga if isinstance(ga, int) else 1,
+                               **kwargs)
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:  # never train DDP while claiming DeepSpeed
+        raise RuntimeError(f"asked for DeepSpeed but accelerate set up {accelerator.distributed_type}")
+    return accelerator
+
+
+def deepspeed_plugin(plan: RunPlan | None, cuda: bool) -> Any:
+    """The DeepSpeed plugin this launch asks for, its "auto" entries filled from the plan; None without one."""
+    from runner.launch import deepspeed_config_for
+
+    path = os.environ.get("REPRO_DEEPSPEED_CONFIG") or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if not path and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    from accelerate.utils import DeepSpeedPlugin
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if path:
+        return DeepSpeedPlugin(hf_ds_config=deepspeed_config_for(path, plan, world, use_plan_precision=cuda))
+    # `accelerate launch --config_file deepspeed_zero3.yaml` or `--zero_stage 3`: accelerate builds the config
+    # from its environment; the batch keys it would read from a DataLoader come from the plan instead.
+    plugin = DeepSpeedPlugin()
+    if plan is not None:
+        plugin.deepspeed_config.update(deepspeed_config_for(plugin.deepspeed_config, plan, world,
+                                                            use_plan_precision=cuda))
+    return plugin
+
+
+def worker(run_dir: Path) -> None:
+    """One launched process: train the planned stage; the process of global rank 0 writes the record.
+
+    The launching `repro run` (machine rank 0) created the record and finishes it when every process has
+    exited; the other nodes point their processes at a worker copy that is never registered."""
+    record = RunRecord.load(run_dir)
+    module = importlib.import_module(STAGE_MODULES[record.plan.stage])
+    if record.plan.layout.get("launcher") == "ray" and record.plan.profile == "recorded":
+        # The Ray driver is a single process: the learner and engine actors are its distributed part.
+        record.plan.extra.setdefault("use_ray", True)
+        module.run(stage_context(record, max_updates=record.plan.extra.get("max_updates")))
+        record.save()
+        return
+    accelerator = make_accelerator(record.plan)
+    ctx = stage_context(record, accelerator=accelerator, max_updates=record.plan.extra.get("max_updates"))
+    module.run(ctx)
+    # What actually trained, in the record: accelerate falls back quietly (its CPU mode drops DeepSpeed).
+    plugin = accelerator.state.deepspeed_plugin
+    record.plan.extra["distributed"] = {"type": accelerator.distributed_type.value,
+                                        "processes": accelerator.num_processes,
+                                        "zero_stage": plugin.zero_stage if plugin is not None else None,
+                                        "device": str(accelerator.device)}
+    import torch
+
+    if torch.cuda.is_available():  # rank 0's peak, for bench/gpu_check.py and the record
+        record.plan.extra["distributed"]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        record.save()
+    accelerator.end_training()  # destroys the process group: no "destroy_process_group() was not called" warning
+
+
 def main() -> None:
-    """Entry point for launched processes (accelerate launch ... -m runner.execute --run-dir DIR)."""
+    """Entry point for launched processes (accelerate launch / torchrun ... -m runner.execute --run-dir DIR)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args()
-    from runner.launch import worker_main
-
-    worker_main(Path(args.run_dir))
+    worker(Path(args.run_dir))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from registry.cli import console, emit_json, fmt, registry
-from registry.errors import ReproError, RunFailed
+from registry.errors import ReproError
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, str]:
@@ -23,12 +23,14 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def recorded_blockers(plan) -> list[str]:  # noqa: ANN001
-    """What this machine lacks to run the recorded profile (checked before anything is loaded)."""
+def recorded_blockers(plan: Any, nodes: Any = None) -> list[str]:
+    """What this machine lacks to run the recorded profile (checked before anything is loaded).
+
+    Every node runs the same command, so each needs its own share of the GPUs (runner.launched.gpu_blocker)."""
+    from runner.launch import Nodes
+    from runner.launched import gpu_blocker
+
     missing = []
-    total = plan.layout.get("gpus") or plan.hyperparameters.get("num_processes") or 1
-    nodes = plan.layout.get("nodes") or plan.hyperparameters.get("num_machines") or 1
-    need = -(-total // nodes)  # every node runs the same command; each needs its own share of the GPUs
     try:
         import torch
 
@@ -36,11 +38,11 @@ def recorded_blockers(plan) -> list[str]:  # noqa: ANN001
     except ImportError:
         have = 0
         missing.append("torch is not installed (pip install 'repro[train]')")
+    short = gpu_blocker(plan, nodes or Nodes(), have)
     if plan.extra.get("device") == "cpu":
-        have = need  # --device cpu: one CPU process stands in for the GPUs (a recorded deviation)
-    if have < need:
-        missing.append(f"{need} GPUs (found {have})" if nodes == 1 else
-                       f"{need} GPUs on each of {nodes} nodes (found {have} here)")
+        short = None  # --device cpu: CPU processes stand in for the GPUs (a recorded deviation)
+    if short:
+        missing.append(short)
     # Data from a mirror or files need no Hub; the models are checked where they are resolved (check_models).
     hub_data = [d for d in plan.datasets if not d.get("path") and not d.get("mirror") and not d.get("internal")]
     if os.environ.get("HF_HUB_OFFLINE") == "1" and hub_data:
@@ -62,7 +64,9 @@ def run_cmd(
                                      help="Substitute an input checkpoint (repeatable)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the run directory here."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps."),
-    launcher: str = typer.Option("local", "--launcher", help="local | accelerate"),
+    launcher: str = typer.Option("local", "--launcher",
+                                 help="local (recorded profile: its recorded launcher on this node's GPUs) | "
+                                      "accelerate (N CPU processes)"),
     num_processes: int = typer.Option(2, "--num-processes", min=1, help="processes for --launcher accelerate on CPU"),
     deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed config for --launcher accelerate"),
     ray: bool = typer.Option(False, "--ray", help="RLVR: learner and generation engine as Ray actors (local)."),
@@ -70,8 +74,17 @@ def run_cmd(
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."),
     emit_script: Optional[Path] = typer.Option(None, "--emit-script", metavar="FILE",
                                                help="Write a bash script that runs the recorded upstream code."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="With --emit-script: rescale to N GPUs."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="With --emit-script --gpus: N nodes."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1,
+                                       help="Rescale to N GPUs by the planner (same effective batch; deviations)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="With --gpus: lay them over N nodes."),
+    num_machines: int = typer.Option(1, "--num-machines", min=1, envvar="REPRO_NUM_MACHINES",
+                                     help="Multi-node: nodes running this same command."),
+    machine_rank: int = typer.Option(0, "--machine-rank", min=0, envvar="REPRO_MACHINE_RANK",
+                                     help="Multi-node: this node's rank (0 owns the record)."),
+    main_process_ip: Optional[str] = typer.Option(None, "--main-process-ip", envvar="REPRO_MAIN_PROCESS_IP",
+                                                  help="Multi-node: the address of machine rank 0."),
+    main_process_port: int = typer.Option(29500, "--main-process-port", envvar="REPRO_MAIN_PROCESS_PORT",
+                                          help="Multi-node: the rendezvous port on machine rank 0."),
     hub_mirror: Optional[Path] = typer.Option(None, "--hub-mirror", metavar="DIR",
                                               help="Serve datasets and models from DIR/<org>/<name>/ (as "
                                                    "REPRO_HUB_MIRROR)."),
@@ -98,9 +111,18 @@ def run_cmd(
             return emit_json({"script": str(path), "recipe": recipe, "stage": stage, "gpus": gpus})
         return console().print(f"wrote {path}: {recipe}:{stage} by the upstream code"
                                + (f", rescaled to {gpus} GPUs" if gpus else ", at the recorded layout"))
-    if gpus is not None or nodes is not None:
-        raise ReproError("--gpus and --nodes apply to --emit-script (see `repro plan RECIPE --stage S --gpus N` "
-                         "for layouts)")
+    if (gpus is not None or nodes is not None) and profile != "recorded":
+        raise ReproError("--gpus and --nodes apply to the recorded profile and --emit-script (the smoke profile runs "
+                         "on CPU)")
+    if nodes is not None and gpus is None:
+        raise ReproError("--nodes needs --gpus N (the planner lays N GPUs over the nodes)")
+    from runner.launch import Nodes
+
+    node_spec = Nodes(num_machines, machine_rank, main_process_ip, main_process_port)
+    if node_spec != Nodes(main_process_ip=main_process_ip, main_process_port=main_process_port) and (
+            profile != "recorded" or launcher != "local"):
+        raise ReproError("--num-machines/--machine-rank apply to the recorded profile's own launcher "
+                         "(--profile recorded, --launcher local)")
     if launcher not in ("local", "accelerate"):
         raise ReproError(f"unknown launcher {launcher!r} (valid: local, accelerate)")
     if deepspeed is not None:
@@ -120,6 +142,21 @@ def run_cmd(
     mirror = _recorded_options(plan, reg, hub_mirror, precision, device, public_stand_in, launcher)
     if max_steps is not None:
         plan.extra["max_updates"] = max_steps
+    if gpus is not None:
+        if plan.extra.get("device") == "cpu":
+            raise ReproError("--gpus lays the stage out on GPUs; --device cpu runs it on CPU: give one of them")
+        from runner.launched import apply_layout
+
+        apply_layout(plan, reg, gpus, nodes or (num_machines if num_machines > 1 else None))
+    own_launcher = profile == "recorded" and launcher == "local" and plan.extra.get("device") != "cpu"
+    if own_launcher:
+        if node_spec.num_machines > 1:  # flags that disagree with the plan come before the GPU count they imply
+            from runner.launch import check_nodes
+
+            check_nodes(plan, node_spec)
+        if resume or resume_run is not None:
+            raise ReproError("--resume continues in-process runs; a launched recorded run saves no resumable "
+                             "state for every rank (ZeRO partitions), so start a new run")
     if ray or ray_address is not None:
         if stage != "rlvr":
             raise ReproError("--ray and --ray-address apply to the rlvr stage only")
@@ -130,14 +167,14 @@ def run_cmd(
         check_address(ray_address)
         plan.extra["ray_address"] = ray_address
     if dry_run:
-        doc = {"plan": plan.to_json(), "launch": describe(plan),
+        doc = {"plan": plan.to_json(), "launch": describe(plan, node_spec),
                "recorded_command": (reg.stage(recipe, stage).command.text
                                     if reg.stage(recipe, stage).command else None)}
         if as_json:
             return emit_json(doc)
         return _print_plan(plan, doc)
     if profile == "recorded":
-        missing = recorded_blockers(plan)
+        missing = recorded_blockers(plan, node_spec)
         if missing:
             raise ReproError(f"the recorded profile of {recipe}:{stage} needs {'; '.join(missing)}. See it with "
                              f"`repro run {recipe} --stage {stage} --dry-run` or `repro plan {recipe} --stage {stage} "
@@ -161,7 +198,18 @@ def run_cmd(
 
         check_models(plan, reg, mirror)
     if launcher == "accelerate":
-        record = _run_multiprocess(plan, resolved, num_processes, deepspeed, output_dir)
+        from runner.launched import run_multiprocess
+
+        record = run_multiprocess(plan, resolved, num_processes, deepspeed, output_dir)
+    elif own_launcher:
+        from runner.launched import run_recorded
+
+        record = run_recorded(plan, resolved, node_spec, output_dir)
+        if record is None:  # machine rank > 0: rank 0 owns and finishes the record
+            done = {"node": machine_rank, "num_machines": num_machines, "status": "finished"}
+            if as_json:
+                return emit_json(done)
+            return console().print(f"node {machine_rank} of {num_machines} finished; the record is on machine rank 0")
     else:
         with _progress(plan, as_json) as progress:
             record = execute(plan, resolved, resume_record=resume_record, output_dir=output_dir,
@@ -257,35 +305,6 @@ def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):  # no
 
         raise ReproError(f"run {found} saved no resumable state (it stopped before update "
                          f"{first_state_update(stage)}, when the first is saved); start a new run")
-    return record
-
-
-def _run_multiprocess(plan, inputs, num_processes: int, deepspeed: str | None, output_dir):  # noqa: ANN001, ANN202
-    from runner.launch import run_cpu_processes
-    from runner.records import RunRecord, finish_run, start_run
-
-    plan.deviate("num_processes", plan.recorded.get("num_processes"), num_processes,
-                 "--launcher accelerate on CPU (gloo)")
-    ga = plan.hp("gradient_accumulation_steps", 1)
-    if ga % num_processes:
-        raise ReproError(f"gradient_accumulation_steps {ga} is not divisible by {num_processes} processes; "
-                         "the effective batch would change")
-    plan.hyperparameters["gradient_accumulation_steps"] = ga // num_processes
-    plan.hyperparameters["num_processes"] = num_processes
-    plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"), ga // num_processes,
-                 f"effective batch kept across {num_processes} processes")
-    if deepspeed:
-        from runner.launch import resolve_deepspeed_config
-
-        resolve_deepspeed_config(deepspeed)  # a bad name is bad input: refuse before any record exists
-        plan.extra["deepspeed"] = deepspeed
-    record = start_run(plan, inputs, output_dir)
-    code = run_cpu_processes(num_processes, record.run_dir, deepspeed)
-    record = RunRecord.load(record.run_dir)
-    if code != 0:
-        finish_run(record, "failed", f"launched processes exited with {code}; see {record.run_dir / 'launch.log'}")
-        raise RunFailed(f"run {record.run_id} failed (exit {code}); see {record.run_dir / 'launch.log'}")
-    finish_run(record, "succeeded")
     return record
 
 

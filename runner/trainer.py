@@ -243,9 +243,8 @@ class Trainer:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         engine.step()
-        # Known difference: with DeepSpeed 0.19.8 + torch 2.13 the engine reports (for ZeRO-1 and -2 alike)
-        # exactly 1/accumulation of the norm DDP and the 1-process run report, while losses match them to
-        # ~1e-8; see tests/runner/test_multiprocess.py. Logged as DeepSpeed reports it.
+        # The norm of the whole gradient, equal to the DDP and 1-process norm (ZeRO-2 and ZeRO-3 on CPU:
+        # tests/runner/test_multiprocess.py).
         norm = engine.get_global_grad_norm()
         for _ in range(self.config.steps_per_update):
             self.scheduler.step()

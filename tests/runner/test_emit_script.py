@@ -115,7 +115,7 @@ def test_an_existing_file_is_never_overwritten(cli, tmp_path):
 
 def test_gpus_without_emit_script_is_refused(cli):
     code, _, err = cli("run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--gpus", "8")
-    assert code == 2 and "--gpus and --nodes apply to --emit-script" in err
+    assert code == 2 and "--gpus and --nodes apply to the recorded profile and --emit-script" in err
 
 
 def test_multi_node_script_asks_for_rank_and_address(cli, tmp_path):
