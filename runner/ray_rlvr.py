@@ -19,7 +19,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-
 from registry.errors import ReproError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,14 +52,14 @@ def check_address(address: str, timeout: float = CHECK_TIMEOUT_S) -> None:
                          "start it with `ray start --head` or fix --ray-address") from None
 
 
-def wants_ray(plan) -> bool:  # noqa: ANN001
+def wants_ray(plan) -> bool:
     return bool(plan.extra.get("ray_address") or plan.extra.get("use_ray"))
 
 
 # ---------------------------------------------------------------- the driver
 
 
-def _connect(plan) -> bool:  # noqa: ANN001
+def _connect(plan) -> bool:
     """Join the named cluster, or start a small local one; True when this call started Ray (and stops it)."""
     try:
         import ray
@@ -80,13 +79,42 @@ def _connect(plan) -> bool:  # noqa: ANN001
     if address:
         check_address(address)
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False)
+    elif on_gpus(plan):
+        # The recorded launch on one node: a local instance with every GPU and CPU Ray detects.
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env_vars}, log_to_driver=False)
     else:
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
                  object_store_memory=100_000_000, runtime_env={"env_vars": env_vars}, log_to_driver=False)
     return True
 
 
-def run(ctx) -> dict[str, Any]:  # noqa: ANN001
+def on_gpus(plan) -> bool:
+    """The recorded profile on a CUDA machine: each actor holds a GPU (the smoke profile and --device cpu: CPUs)."""
+    if plan.profile != "recorded" or plan.extra.get("device") == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def actor_resources(plan) -> dict[str, float]:
+    return {"num_cpus": 1, "num_gpus": 1} if on_gpus(plan) else {"num_cpus": 1}
+
+
+def record_actor_layout(plan) -> None:
+    """This driver trains with one learner actor and one engine actor whatever the layout recorded: the
+    difference from the recorded learner count (DeepSpeed ZeRO-3 over the actor GPUs) and from its vLLM
+    engines is a deviation, recorded once."""
+    layout = plan.layout
+    if layout.get("actor_gpus") and layout["actor_gpus"] != 1:
+        plan.deviate("actor_gpus", layout["actor_gpus"], 1, "runner.ray_rlvr trains with one learner actor")
+    if layout.get("vllm_engines"):
+        plan.deviate("generation_engine", f"{layout['vllm_engines']} vLLM engine(s), TP "
+                     f"{layout.get('vllm_tensor_parallel_size') or 1}", "1 engine actor sampling with transformers",
+                     "no vLLM engine in runner.ray_rlvr: the engine actor samples with the policy copy")
+
+
+def run(ctx) -> dict[str, Any]:
     """The rlvr stage with a learner actor and a generation-engine actor (same math, same record)."""
     import ray
 
@@ -97,8 +125,11 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001
     batch = hp("effective_batch_size")
     started_ray = _connect(plan)
     try:
-        learner = ray.remote(num_cpus=1)(Learner).remote(plan, prep.paths, prep.total_opt, prep.warmup)
-        engine = ray.remote(num_cpus=1)(GenerationEngine).remote(plan, prep.paths["policy"])
+        if plan.profile == "recorded":
+            record_actor_layout(plan)
+        resources = actor_resources(plan)
+        learner = ray.remote(**resources)(Learner).remote(plan, prep.paths, prep.total_opt, prep.warmup)
+        engine = ray.remote(**resources)(GenerationEngine).remote(plan, prep.paths["policy"])
         state_dir, saved = str(ctx.record.state_dir), ctx.record.artifacts.get("state")
         start = 0
         if ctx.resume and saved:
