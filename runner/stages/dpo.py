@@ -169,26 +169,39 @@ def run(ctx: StageContext) -> dict[str, Any]:
     reference = None
     cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     batch_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-    if loss_type != "simpo":
-        frozen = copy.deepcopy(policy).eval()
-        for p in frozen.parameters():
-            p.requires_grad_(False)
-        if reference_mode == "cached":
-            # dpo_tune_cache.py: reference log-probs computed before training with the initial (= SFT)
-            # weights. Each pair's value depends only on the pair, so it is computed once and reused in
-            # every epoch, batched by padded width (reference_cache) with the live reference's bits at pd = 1.
-            needed = sorted({j for u in range(cfg.run_updates) for mb in batches_for(u) for j in mb})
-            with torch.no_grad():
-                if trl_cut is not False:
-                    # TRL 0.12's cut depends on the whole micro-batch, so a pair's reference log-probs do
-                    # too: cache per micro-batch, computed as the live reference computes it.
-                    for mb in sorted({tuple(mb) for u in range(cfg.run_updates) for mb in batches_for(u)}):
-                        batch_cache[mb] = concatenated_logps(frozen, [pairs[j] for j in mb], pad, average, trl_cut)
-                else:
-                    cache = reference_cache(frozen, pairs, needed, pad, average)
-            del frozen
+    if loss_type != "simpo" and reference_mode == "cached":
+        # dpo_tune_cache.py: reference log-probs computed before training with the initial (= SFT)
+        # weights. Each pair's value depends only on the pair, so it is computed once and reused in
+        # every epoch, batched by padded width (reference_cache) with the live reference's bits at pd = 1.
+        needed = sorted({j for u in range(cfg.run_updates) for mb in batches_for(u) for j in mb})
+        micro = sorted({tuple(mb) for u in range(cfg.run_updates) for mb in batches_for(u)}) \
+            if trl_cut is not False else []
+        # Before its first update the policy holds exactly the reference's weights, so the cache is computed
+        # with the policy itself in eval mode (the live reference is its deep copy in eval mode: same weights,
+        # same kernels, same bits), with no copy of the model to make; inference mode skips autograd's
+        # bookkeeping. Each module's train/eval flag is put back as it was.
+        modes = [(m, m.training) for m in policy.modules()]
+        policy.eval()
+        with torch.inference_mode():
+            if micro:
+                # TRL 0.12's cut depends on the whole micro-batch, so a pair's reference log-probs do
+                # too: cache per micro-batch, computed as the live reference computes it.
+                computed = {mb: concatenated_logps(policy, [pairs[j] for j in mb], pad, average, trl_cut)
+                            for mb in micro}
+            else:
+                computed = reference_cache(policy, pairs, needed, pad, average)
+        for module, mode in modes:
+            module.training = mode
+        # Out of inference mode, as ordinary tensors: the loss may use them beside tensors autograd records.
+        if micro:
+            batch_cache = {mb: (c.clone(), r.clone()) for mb, (c, r) in computed.items()}
         else:
-            reference = frozen
+            cache = {j: (c.clone(), r.clone()) for j, (c, r) in computed.items()}
+        del computed
+    elif loss_type != "simpo":
+        reference = copy.deepcopy(policy).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
 
     trainer, total = build_trainer(ctx, {"model": policy}, list(policy.parameters()), len(pairs), cfg=cfg)
     net = trainer.wrapped or policy  # under DDP the forward must go through the wrapper
