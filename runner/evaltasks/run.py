@@ -56,9 +56,10 @@ def pick_tasks(family: str | None, names: str | None) -> list[Any]:
                              f"choose from {', '.join(implemented)}")
         found = next((SUITES[f][name] for f in families if name in SUITES[f]), None)
         if found is None:
-            refusal = next((NOT_IMPLEMENTED[f][name] for f in families if name in NOT_IMPLEMENTED[f]), None)
-            if refusal:
-                raise ReproError(f"{refusal}; implemented: {', '.join(implemented)}")
+            # Before the target is known every suite counts: each distinct reason once, in one line.
+            refusals = list(dict.fromkeys(NOT_IMPLEMENTED[f][name] for f in families if name in NOT_IMPLEMENTED[f]))
+            if refusals:
+                raise ReproError(f"{' | '.join(refusals)}; implemented: {', '.join(implemented)}")
             from registry.errors import unknown
 
             raise unknown("published task", name, implemented)
@@ -184,7 +185,8 @@ def run_task(task: lt.LightevalTask, model, tokenizer, *, limit: int | None, pro
     se = math.sqrt(sum(p["standard_error"] ** 2 for p in parts_out)) / len(parts_out)
     n, n_total = sum(p["n"] for p in parts_out), sum(p["n_total"] for p in parts_out)
     if n < n_total:
-        deviations.insert(0, f"subset: {n} of {n_total} items (lighteval's Random(42) shuffle, first {limit}" + (" of each part)" if len(parts_out) > 1 else ")"))
+        deviations.insert(0, f"subset: {n} of {n_total} items (lighteval's Random(42) shuffle, first {limit}"
+                             + (" of each part)" if len(parts_out) > 1 else ")"))
     data_sha = hashlib.sha256("".join(p["data_sha256"] for p in parts_out).encode()).hexdigest()
     return {"task": task, "value": value, "n": n, "n_total": n_total, "standard_error": se, "parts": parts_out,
             "deviations": deviations, "data_sha256": data_sha, "details": details, "use_chat_template": use_chat,

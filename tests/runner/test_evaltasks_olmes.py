@@ -168,3 +168,13 @@ def test_tulu_suite_runs_end_to_end_on_a_miniature(tulu_miniature, monkeypatch):
     assert len(g["data_sha256"]) == 64 and by["GSM8K"]["value"] in (0.0, 100.0)
     prompt_rows = [d for d in out["details"] if d["task"] == "gsm8k"]
     assert prompt_rows[0]["row"] == ot.select(1319, 1, 42)[0] and isinstance(prompt_rows[0]["prediction"], str)
+
+
+def test_a_name_refused_by_every_suite_gives_one_line_before_the_family_is_known():
+    with pytest.raises(ReproError) as exc:
+        pick_tasks(None, "ifeval")
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.count("google/IFEval") == 1 and " | " not in msg
+    with pytest.raises(ReproError) as exc:
+        pick_tasks(None, "bbh")  # refused by both suites for different reasons: both, in one line
+    assert "\n" not in str(exc.value) and " | " in str(exc.value)
