@@ -180,8 +180,9 @@ def model_card(plan: RunPlan, *, recorded_base: str | None = None, recorded_data
         f"# {plan.recipe}:{plan.stage} ({plan.profile} profile)", "",
     ]
     if plan.model.get("kind") == "miniature":
-        lines += [f"A CPU miniature ({plan.model.get('num_layers')} layers, hidden size {plan.model.get('hidden_size')})"
-                  f" of the recorded {plan.recipe} architecture, trained to check the {plan.stage} stage's code path. "
+        lines += [f"A CPU miniature ({plan.model.get('num_layers')} layers, hidden size "
+                  f"{plan.model.get('hidden_size')}) of the recorded {plan.recipe} architecture, trained to check "
+                  f"the {plan.stage} stage's code path. "
                   "It is not the published model and says nothing about its quality.", ""]
     lines += [_weights_sentence(origin, recorded_base), "", *_data_lines(plan, recorded_datasets), "",
               f"Precision: {precision}.", "",

@@ -77,7 +77,7 @@ def chat_template_jinja(name: str) -> str:
     return {"tulu": templates.TULU_JINJA, "chatml": templates.CHATML_SMOLLM2_JINJA}[name]
 
 
-def fixture_tokenizer(plan: RunPlan):  # noqa: ANN201
+def fixture_tokenizer(plan: RunPlan):
     from runner.data.tokenizer import build_tokenizer, fixture_corpus
 
     kind = plan.tokenizer.get("family")
@@ -91,7 +91,7 @@ def fixture_tokenizer(plan: RunPlan):  # noqa: ANN201
     return tok
 
 
-def load_tokenizer(path: Path | str, plan: RunPlan, revision: str | None = None):  # noqa: ANN201
+def load_tokenizer(path: Path | str, plan: RunPlan, revision: str | None = None):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, revision=revision)
@@ -110,7 +110,7 @@ def load_tokenizer(path: Path | str, plan: RunPlan, revision: str | None = None)
 # ---------------------------------------------------------------- models
 
 
-def miniature_config(plan: RunPlan, tokenizer):  # noqa: ANN001, ANN201
+def miniature_config(plan: RunPlan, tokenizer):
     from runner.models import ArchitectureSpec, miniature
 
     spec = ArchitectureSpec(**plan.model["spec"])
@@ -119,8 +119,9 @@ def miniature_config(plan: RunPlan, tokenizer):  # noqa: ANN001, ANN201
         vocab = (vocab + 7) // 8 * 8  # finetune.py resizes embeddings with pad_to_multiple_of=8
     config, deviations = miniature(spec, vocab, hidden_size=plan.model["hidden_size"],
                                    num_layers=plan.model["num_layers"],
-                                   initializer_range=spec.initializer_range or 0.02, bos_token_id=tokenizer.bos_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                                   initializer_range=spec.initializer_range or 0.02,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id)
     return config, deviations
 
 
@@ -129,7 +130,7 @@ def record_model_deviations(plan: RunPlan, deviations: list[dict[str, Any]]) -> 
         plan.deviate(f"model.{d['key']}", d["recorded"], d["miniature"], d["reason"])
 
 
-def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):  # noqa: ANN001, ANN201
+def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):
     from runner.models import build_model
 
     config, deviations = miniature_config(plan, tokenizer)
@@ -279,7 +280,7 @@ def train_rows(plan: RunPlan) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(ctx: StageContext, model, tokenizer, *, datasets: list[str], base_model: str | None,
-                    notes: str = "") -> Path:  # noqa: ANN001
+                    notes: str = "") -> Path:
     """HF-format checkpoint (safetensors + config + tokenizer) with a model card (runner/cards.py).
 
     `datasets` and `base_model` are what the recorded stage names; the card reports them as the
@@ -326,7 +327,7 @@ def write_metrics_file(ctx: StageContext) -> None:
     (run_dir / "steps.tsv").write_text("\n".join(lines) + "\n")
 
 
-def tensorboard_writer(ctx: StageContext):  # noqa: ANN201
+def tensorboard_writer(ctx: StageContext):
     if ctx.log_dir is None or not ctx.is_main:
         return None
     from torch.utils.tensorboard import SummaryWriter

@@ -222,11 +222,13 @@ def _explain(entry: dict[str, Any], exc: Exception) -> str:
         return (f"{where}: the {'mirror' if entry.get('mirror') else 'Hub repository'} has no split "
                 f"{entry.get('split')!r} ({text[:160]}); add that split's shards, or substitute with --set/--input")
     if "Revision" in name or "revision" in text.lower() and "not" in text.lower():
-        return f"{where}: unknown revision {entry.get('revision')} ({text[:120]}); check the commit, or {_fix_hint(entry)}"
+        return (f"{where}: unknown revision {entry.get('revision')} ({text[:120]}); check the commit, or "
+                f"{_fix_hint(entry)}")
     if "Gated" in name or "gated" in text.lower():
         return f"{where}: gated on the Hub and no token was given; {_fix_hint(entry)}"
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return f"{where}: not available offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set, not cached); {_fix_hint(entry)}"
+        return (f"{where}: not available offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set, not cached); "
+                f"{_fix_hint(entry)}")
     if "NotFound" in name or "doesn't exist" in text or "not found" in text.lower():
         return f"{where}: not found on the Hub ({text[:120]}); {_fix_hint(entry)}"
     return f"{where}: cannot be loaded ({name}: {text[:160]}); {_fix_hint(entry)}"
@@ -270,7 +272,8 @@ def load_split(entry: dict[str, Any]) -> list[dict[str, Any]]:
         public = entry.get("stand_in")
         raise DataError(f"{entry['dataset']}: an internal set the recorded run used and nobody released; "
                         + (f"its public stand-in is {public}: pass --public-stand-in to train on it (recorded as "
-                           "a deviation)" if public else "no public stand-in is recorded; substitute with --set/--input"))
+                           "a deviation)" if public else
+                           "no public stand-in is recorded; substitute with --set/--input"))
     if not entry.get("path") and not entry.get("hub_id"):
         raise DataError(f"{entry['dataset']}: no Hub id or file is recorded for it; substitute with --set/--input")
     key = (entry.get("path"), entry.get("mirror"), entry.get("mirror_hash"), entry.get("hub_id"),

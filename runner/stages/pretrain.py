@@ -22,15 +22,25 @@ from typing import Any
 import torch
 
 from runner import losses
-from runner.stagekit import (StageContext, fresh_causal_lm, input_path, load_causal_lm, load_tokenizer,
-                             fixture_tokenizer, load_rows, on_device, save_checkpoint, set_determinism,
-                             write_metrics_file)
+from runner.stagekit import (
+    StageContext,
+    fixture_tokenizer,
+    fresh_causal_lm,
+    input_path,
+    load_causal_lm,
+    load_rows,
+    load_tokenizer,
+    on_device,
+    save_checkpoint,
+    set_determinism,
+    write_metrics_file,
+)
 from runner.stages.common import build_trainer, drive
 
 FIXTURE_COMPONENT = "fixture:pretrain/"  # the smoke plan's names for the fixture components
 
 
-def component_blocks(plan, tokenizer, seq_len: int) -> dict[str, list[list[int]]]:  # noqa: ANN001
+def component_blocks(plan, tokenizer, seq_len: int) -> dict[str, list[list[int]]]:
     """Each component's documents tokenized, joined with EOS and cut into sequences (read through the one
     data path, runner/data/hub.py)."""
     blocks = {}
@@ -141,7 +151,7 @@ def _phase_events(steps: list[dict[str, Any]], phases: list[dict[str, Any]]) -> 
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, entry: dict[str, Any], seq_len: int) -> dict[str, float]:  # noqa: ANN001
+def heldout_loss(model, tokenizer, entry: dict[str, Any], seq_len: int) -> dict[str, float]:
     stream: list[int] = []
     for row in load_rows(entry):
         stream += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

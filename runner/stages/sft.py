@@ -19,13 +19,24 @@ from typing import Any
 
 from runner import losses
 from runner.data import masking
-from runner.stagekit import (StageContext, fixture_tokenizer, fresh_causal_lm, init_model, input_path, load_causal_lm,
-                             load_tokenizer, on_device, save_checkpoint, set_determinism, train_rows,
-                             write_metrics_file)
+from runner.stagekit import (
+    StageContext,
+    fixture_tokenizer,
+    fresh_causal_lm,
+    init_model,
+    input_path,
+    load_causal_lm,
+    load_tokenizer,
+    on_device,
+    save_checkpoint,
+    set_determinism,
+    train_rows,
+    write_metrics_file,
+)
 from runner.stages.common import build_trainer, run_loop
 
 
-def encode(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict[str, list[int]]], int]:  # noqa: ANN001
+def encode(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict[str, list[int]]], int]:
     """Encoded examples and the number of rows dropped (nothing left to train after truncation)."""
     max_len = plan.hp("max_seq_length")
     if plan.family == "tulu3":

@@ -179,7 +179,8 @@ def test_public_stand_in_is_a_recorded_deviation(tmp_path):
 def smoltalk_mirror(root: Path) -> Path:
     folder = root / "HuggingFaceTB" / "smol-smoltalk" / "data"
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(fixture_rows("smollm2/smoltalk.jsonl")[:8]), folder / "train-00000-of-00001.parquet")
+    rows = fixture_rows("smollm2/smoltalk.jsonl")[:8]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "train-00000-of-00001.parquet")
     return root
 
 
