@@ -70,8 +70,11 @@ PUBLISHED_PROTOCOLS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 DEFAULT_DATA: dict[tuple[str, str], Path] = {
-    ("verifiers", "tulu3"): FIXTURES / "tulu3/rlvr-eval.jsonl",
-    ("verifiers", "smollm2"): FIXTURES / "tulu3/rlvr-eval.jsonl",
+    # Not rlvr-eval.jsonl (the RLVR stage's held-out prompts): its IFEval rows are only the two kinds RLVR
+    # trains on (upper case, at most N words), which an empty reply satisfies, so an untrained miniature
+    # scored 100 on them. verifiers-eval.jsonl draws every IFEval kind (an empty reply scores 51).
+    ("verifiers", "tulu3"): FIXTURES / "tulu3/verifiers-eval.jsonl",
+    ("verifiers", "smollm2"): FIXTURES / "tulu3/verifiers-eval.jsonl",
     ("preference", "tulu3"): FIXTURES / "tulu3/ultrafeedback_binarized_cleaned-test_prefs.jsonl",
     ("preference", "smollm2"): FIXTURES / "smollm2/ultrafeedback_binarized-test_prefs.jsonl",
     ("heldout", "tulu3"): FIXTURES / "smollm2/pretrain/heldout.jsonl",

@@ -42,6 +42,7 @@ FIXTURE_FILES: dict[str, str] = {
     "tulu3/tulu-3-8b-preference-mixture.jsonl": "preference",
     "tulu3/rlvr-gsm-math-if.jsonl": "rlvr",
     "tulu3/rlvr-eval.jsonl": "rlvr",
+    "tulu3/verifiers-eval.jsonl": "rlvr",
     "tulu3/ultrafeedback_binarized_cleaned-test_prefs.jsonl": "ultrafeedback",
     "smollm2/smoltalk.jsonl": "messages",
     "smollm2/ultrafeedback_binarized-train_prefs.jsonl": "ultrafeedback",

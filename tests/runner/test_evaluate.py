@@ -122,7 +122,7 @@ def test_verifier_suite_metrics_and_protocols(models):
     p = by["GSM8K"].protocol
     assert p["harness"] == "repro" and p["task"] == "gsm8k" and p["shots"] == 0 and p["chat_template"] == "tulu"
     assert p["generation"] == {"temperature": 0.0, "max_new_tokens": 8}
-    assert p["data_sha256"] and p["data_path"].endswith("rlvr-eval.jsonl")
+    assert p["data_sha256"] and p["data_path"].endswith("verifiers-eval.jsonl")
     assert p["verifier_version"] == "release-2024-11" and "published" not in p
     for m in result.metrics:
         assert 0.0 <= m.value <= 100.0
@@ -234,7 +234,7 @@ def test_cli_eval_a_path_creates_an_eval_run(run_cli, models):
         assert [r.name for r in rows] == ["GSM8K"] and rows[0].protocol["task"] == "gsm8k"
         edges = {(e.parent, e.relation) for e in session.query(LineageEdgeRow).filter_by(child=f"run:{run.id}")}
     assert (f"checkpoint:{models['policy'].resolve()}", "evaluated") in edges
-    assert any(p.startswith("dataset:rlvr-eval.jsonl@md5:") and r == "eval" for p, r in edges)
+    assert any(p.startswith("dataset:verifiers-eval.jsonl@md5:") and r == "eval" for p, r in edges)
     assert (Path(run.run_dir) / "eval-gsm8k.json").exists()
 
 
