@@ -101,6 +101,7 @@ class Recorder:
         self.updates = []
         self.widths = []
         self.started = self.seconds = None
+        self.stop_after = 1
 
     def hook(self, _module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -120,6 +121,9 @@ def Clock(recorder):
 
         def on_step_end(self, args, state, control, **kwargs):
             recorder.seconds = time.perf_counter() - recorder.started
+            if state.global_step >= recorder.stop_after:
+                # the schedule is sized by `schedule_steps` (the stage's full length); training stops here
+                control.should_training_stop = True
 
     return _Clock()
 
@@ -167,7 +171,7 @@ def common_args(cfg, out_dir, steps):
                 gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
                 learning_rate=cfg["learning_rate"], lr_scheduler_type=cfg["lr_scheduler_type"],
                 warmup_ratio=cfg["warmup_ratio"], num_train_epochs=cfg.get("num_train_epochs", 1),
-                max_steps=steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                max_steps=cfg.get("schedule_steps") or steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
                 seed=cfg["seed"], max_grad_norm=cfg.get("max_grad_norm", 1.0), adam_beta1=cfg.get("adam_beta1", 0.9),
                 adam_beta2=cfg.get("adam_beta2", 0.999), adam_epsilon=cfg.get("adam_epsilon", 1e-8),
                 weight_decay=cfg.get("weight_decay", 0.0), dataloader_num_workers=0, disable_tqdm=True)
@@ -186,6 +190,7 @@ def run_dpo(req, folder, work):
     # run_dpo.py passes the model path as ref_model too: a second, independent load
     ref = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
     recorder = Recorder()
+    recorder.stop_after = req["steps"]
     model.register_forward_pre_hook(recorder.hook, with_kwargs=True)
     args = DPOConfig(beta=cfg["beta"], max_length=cfg["max_length"], max_prompt_length=cfg["max_prompt_length"],
                      loss_type=cfg["loss_type"], gradient_checkpointing=cfg.get("gradient_checkpointing", False),
@@ -219,6 +224,7 @@ def run_sft(req, folder, work):
     picked = [blocks[i] for i in cfg["block_order"]]
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
     recorder = Recorder()
+    recorder.stop_after = req["steps"]
     args = SFTConfig(max_seq_length=cfg["max_seq_length"], packing=True, dataset_text_field="text",
                      gradient_checkpointing=cfg.get("gradient_checkpointing", False),
                      **common_args(cfg, work / "out", req["steps"]))

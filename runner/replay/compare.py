@@ -41,9 +41,12 @@ def first_update_indices(plan, num_examples: int) -> list[list[int]]:  # noqa: A
                          1, 0, num_examples)
 
 
-def trl_config(plan) -> dict[str, Any]:  # noqa: ANN001
-    """The TrainingArguments / DPOConfig values the recorded recipe set, from the plan."""
-    return {"per_device_train_batch_size": plan.hp("per_device_batch_size"),
+def trl_config(plan, num_examples: int) -> dict[str, Any]:  # noqa: ANN001
+    """The TrainingArguments / DPOConfig values the recorded recipe set, from the plan; `schedule_steps` is
+    the stage's full update count, so TRL's schedule (sized by max_steps) is the stage's."""
+    from runner.stages.common import schedule_spec
+
+    return {"schedule_steps": schedule_spec(plan, num_examples, None, 1).total_updates,"per_device_train_batch_size": plan.hp("per_device_batch_size"),
             "gradient_accumulation_steps": plan.hp("gradient_accumulation_steps"),
             "learning_rate": plan.hp("learning_rate"), "lr_scheduler_type": plan.hp("lr_scheduler"),
             "warmup_ratio": plan.hp("warmup_ratio", 0.0), "seed": plan.hp("seed"),
@@ -69,7 +72,7 @@ def dpo_request(plan, init: Path, steps: int = 1, threads: int = 1) -> dict[str,
                                                                         for mb in mbs):
             raise ValueError(f"update {update} is not a full batch; ask for fewer steps")
         picked += [j for mb in mbs for j in mb]
-    cfg = trl_config(plan) | {"beta": plan.hp("dpo_beta"), "loss_type": plan.hp("dpo_loss_type", "sigmoid"),
+    cfg = trl_config(plan, len(rows)) | {"beta": plan.hp("dpo_beta"), "loss_type": plan.hp("dpo_loss_type", "sigmoid"),
                               "max_length": plan.hp("max_seq_length"),
                               "max_prompt_length": plan.hp("max_prompt_length")}
     return {"task": "dpo", "model": str(init), "steps": steps, "config": cfg, "threads": threads,
@@ -108,7 +111,7 @@ def sft_request(plan, init: Path, tokenizer, steps: int = 1, threads: int = 1) -
     picked = [i for u in range(steps) for mb in micro_batches(block_order, u, plan.hp("per_device_batch_size", 1),
                                                              plan.hp("gradient_accumulation_steps", 1), 1, 0,
                                                              len(blocks)) for i in mb]
-    cfg = trl_config(plan) | {"max_seq_length": plan.hp("max_seq_length"), "block_order": picked}
+    cfg = trl_config(plan, len(blocks)) | {"max_seq_length": plan.hp("max_seq_length"), "block_order": picked}
     return {"task": "sft", "model": str(init), "steps": steps, "config": cfg, "threads": threads,
             "rows": [{"messages": rows[i]["messages"]} for i in order],
             "ours_blocks": [blocks[i]["input_ids"] for i in range(len(blocks))], "picked": picked}
