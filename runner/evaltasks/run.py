@@ -67,6 +67,27 @@ def pick_tasks(family: str | None, names: str | None) -> list[Any]:
     return out
 
 
+def published_family(plan: dict[str, Any] | None, published_checkpoint: str | None, model_dir: str | Path) -> str:
+    """Whose published suite a target gets: its run's family, else the family of the recipe that produced
+    the published checkpoint it stands for (recipes.json `produced_by`), else the tokenizer's family
+    (runner.evaluate.guess_family: a local Tülu directory gets the Tülu suite)."""
+    if plan and plan.get("family") in SUITES:
+        return str(plan["family"])
+    if published_checkpoint:
+        from registry.recipes import load_recipes
+
+        reg = load_recipes()
+        ckpt = reg.model.checkpoints.get(published_checkpoint)
+        recipe = reg.recipes.get(((ckpt.produced_by or "") if ckpt else "").split(":", 1)[0])
+        if recipe is not None and recipe.family in SUITES:
+            return str(recipe.family)
+    from transformers import AutoTokenizer
+
+    from runner.evaluate import guess_family
+
+    return guess_family(AutoTokenizer.from_pretrained(model_dir))
+
+
 def _weights(model_dir: Path) -> dict[str, Any]:
     record = model_dir / "repro-conversion.json"
     if record.is_file():
@@ -271,5 +292,5 @@ def protocol_fingerprint(protocol: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-__all__ = ["run_published", "run_task", "pick_tasks", "suite_tasks", "load_model", "protocol_fingerprint",
-           "JUDGE_EVALS"]
+__all__ = ["run_published", "run_task", "pick_tasks", "suite_tasks", "published_family", "load_model",
+           "protocol_fingerprint", "JUDGE_EVALS"]

@@ -178,3 +178,12 @@ def test_a_name_refused_by_every_suite_gives_one_line_before_the_family_is_known
     with pytest.raises(ReproError) as exc:
         pick_tasks(None, "bbh")  # refused by both suites for different reasons: both, in one line
     assert "\n" not in str(exc.value) and " | " in str(exc.value)
+
+
+def test_the_target_family_picks_the_suite(tulu_miniature):
+    from runner.evaltasks.run import published_family
+
+    assert published_family({"family": "smollm2"}, "allenai/Llama-3.1-Tulu-3-8B", tulu_miniature) == "smollm2"
+    assert published_family({}, "allenai/Llama-3.1-Tulu-3-8B", tulu_miniature) == "tulu3"  # produced_by tulu3-8b:rlvr
+    assert published_family({}, "HuggingFaceTB/SmolLM2-135M-Instruct", tulu_miniature) == "smollm2"
+    assert published_family({}, None, tulu_miniature) == "tulu3"  # a bare Tülu-tokenizer directory
