@@ -10,6 +10,12 @@ Nothing is lost: every distinct key of the old edges becomes a node (numbered in
 edges first used them), every edge keeps its id, relation, origin, hash and note, and the
 downgrade writes the keys back.
 
+The space is reclaimed only when the rows are rewritten: on PostgreSQL the dropped columns and the
+updated rows' old versions stay in the table (a 100k-run database: 1,978 B/run of lineage_edges after
+the upgrade, 744 after `VACUUM FULL lineage_edges`); on SQLite the table is rebuilt and the freed pages
+are reused, and `VACUUM` shrinks the file. Neither can run inside the migration's transaction.
+(Upgrading a 100k-run database, 400k edges: 9 s on SQLite, 23 s on PostgreSQL, on the shared machine.)
+
 Revision ID: 0004_lineage_nodes
 Revises: 0003_step_series
 Create Date: 2026-12-01
