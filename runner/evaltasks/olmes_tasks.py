@@ -108,8 +108,9 @@ def shots_text(shots: list[Shot]) -> str:
 
 
 def chat_messages(shots: list[Shot], query: str) -> list[dict[str, str]]:
-    """fewshot_context with use_chat_format and fewshot_as_multiturn (no description, system prompt or
-    assistant_prefix in these configs): one user/assistant turn pair per example, then the query."""
+    """fewshot_context with use_chat_format and fewshot_as_multiturn: one user/assistant turn pair per
+    example, then the query. tasks.py sets no description, system prompt or assistant_prefix for these
+    `::tulu` tasks and the saved task configs hold none (the tasks' own chat_overrides were not read)."""
     out: list[dict[str, str]] = []
     for s in shots:
         out += [{"role": "user", "content": s.user}, {"role": "assistant", "content": s.assistant}]
