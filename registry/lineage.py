@@ -1,11 +1,13 @@
 """The lineage graph as recursive queries in the database.
 
 Each walk is one `WITH RECURSIVE` query (SQLAlchemy's `cte(recursive=True)`, which SQLite and
-PostgreSQL both run) over the indexed edge columns: child upstream, the unique
-(parent, child, relation) index downstream. It returns only the edges of the answer, so a walk
-costs the size of the answer, not of the database. The recursion keeps the set of nodes reached
-(UNION, not UNION ALL), so it ends on any graph, cycles included; cycles are also refused when an
-edge is written (add_edges).
+PostgreSQL both run) over the indexed integer node-id columns of the edges: child_id upstream, the
+unique (parent_id, child_id, relation) index downstream; the walk starts from the id of the root's
+key and the answer's edges are read back with their two keys from lineage_nodes. It returns only the
+edges of the answer, so a walk costs the size of the answer, not of the database. The recursion keeps
+the set of nodes reached (UNION, not UNION ALL), so it ends on any graph, cycles included; cycles are
+also refused when an edge is written (add_edges, the one writer of run, evaluation and conversion
+edges; `repro db sync` writes the recipes' own).
 
 Trees are built from the fetched edges by registry.lineage_tree. The statements take the root as
 a named bind parameter, so `compiled_statements` can compile them once per dialect at sync time
