@@ -131,6 +131,8 @@ def accelerate_launch(plan: RunPlan, entry: list[str], node: Nodes, machines: in
     if machines > 1:
         argv += ["--machine_rank", str(node.machine_rank), "--main_process_ip", str(node.main_process_ip),
                  "--main_process_port", str(node.main_process_port)]
+    elif node.main_process_port != DEFAULT_PORT:  # one node: the port only when asked for another
+        argv += ["--main_process_port", str(node.main_process_port)]
     if ds and not ds.endswith(".yaml"):
         argv += ["--use_deepspeed", "--deepspeed_config_file", str(CONFIGS / ds)]
     elif not ds and plan.layout.get("zero_stage"):
@@ -148,6 +150,8 @@ def torchrun_launch(plan: RunPlan, entry: list[str], node: Nodes, machines: int)
     if machines > 1:
         argv += [f"--node_rank={node.machine_rank}", f"--master_addr={node.main_process_ip}",
                  f"--master_port={node.main_process_port}"]
+    elif node.main_process_port != DEFAULT_PORT:
+        argv += [f"--master_port={node.main_process_port}"]
     return argv + entry
 
 

@@ -13,6 +13,7 @@ at most 100 rows).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -42,8 +43,14 @@ def load_reward_model(path, seed: int, plan=None, tokenizer=None, revision: str 
             module.p = 0.0
     gen = torch.Generator().manual_seed(seed)
     std = 1 / math.sqrt(model.config.hidden_size + 1)
-    with torch.no_grad():
-        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=gen) * std)
+    weight = model.score.weight
+    gathered = contextlib.nullcontext()
+    if hasattr(weight, "ds_id"):  # loaded under ZeRO-3 init (the RM's accelerate YAML): a write needs the whole
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters([weight], modifier_rank=0)
+    with gathered, torch.no_grad():
+        weight.copy_(torch.randn(weight.shape, generator=gen) * std)
     return model
 
 

@@ -204,3 +204,38 @@ def test_two_node_launch_rank_0_owns_the_record(cli, tmp_path, monkeypatch):
     assert not (worker_dir / "checkpoint").exists()
     with session_scope() as session:
         assert get_run(session, worker["run_id"]) is None
+
+
+@pytest.mark.slow
+def test_recorded_rm_launch_through_the_accelerate_yaml_runs_zero3(cli, monkeypatch):
+    """The RM stage's recorded launch, `accelerate launch --config_file deepspeed_zero3.yaml`, run for real
+    on CPU with 2 processes: accelerate builds the ZeRO-3 config from the YAML (zero3_init_flag: the model
+    loads partitioned), the worker fills the batch keys from the plan, and the first update sees the same
+    weights, head included, and data as the in-process run."""
+    from registry.recipes import load_recipes
+    from runner.execute import resolve_inputs
+    from runner.launched import run_recorded
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for stage in ("sft", "rm"):
+        code, out, err = cli("run", "tulu3-8b", "--stage", stage, "--profile", "smoke", "--max-steps", "2", "--json")
+        assert code == 0, err
+    one = json.loads((Path(json.loads(out)["run_dir"]) / "run.json").read_text())
+    plan = _plan("tulu3-8b", "rm", "smoke")
+    plan.layout.update(launcher="accelerate")  # the smoke plan runs in process; here it is launched as recorded
+    plan.hyperparameters.update(num_processes=2, gradient_accumulation_steps=4)  # 1 × 8 micro-batches as 2 × 4
+    plan.extra["max_updates"] = 2
+    plan.inputs = resolve_inputs(load_recipes(), plan, {})
+    record = run_recorded(plan, plan.inputs, Nodes(main_process_port=launch._free_port()), None)
+    command = record.plan.extra["launch"]["commands"][0]
+    assert "--config_file" in command and "deepspeed_zero3.yaml" in command and "--num_processes 2" in command
+    assert "--mixed_precision no" in command and "--use_deepspeed" not in command  # the YAML says DeepSpeed
+    assert record.plan.extra["distributed"] == {"type": "DEEPSPEED", "processes": 2, "zero_stage": 3,
+                                                "device": "cpu"}
+    assert len(record.steps) == len(one["steps"]) == 2
+    assert abs(one["steps"][0]["loss"] - record.steps[0]["loss"]) <= 1e-6 * abs(one["steps"][0]["loss"])
+    assert [s["lr"] for s in one["steps"]] == [s["lr"] for s in record.steps]
+    if abs(one["steps"][0]["grad_norm"] - record.steps[0]["grad_norm"]) > 1e-5 * one["steps"][0]["grad_norm"]:
+        # Open: the RM's gradient under 2-process ZeRO-3 (and DDP) is not the 1-process one, under ZeRO-2 it
+        # is; runner/stages/rm.py scores through the backbone and the head directly, around the wrapper.
+        pytest.xfail("RM gradient under 2-process ZeRO-3 differs from 1 process (ZeRO-2 matches)")
