@@ -230,7 +230,7 @@ def _eval_published(target: str, tasks: str | None, limit: int | None, threads: 
     from registry.database import session_scope
     from registry.db import RunRow
     from registry.queries import add_run_metrics, replace_eval_metrics
-    from runner.evaltasks.run import pick_tasks, run_published
+    from runner.evaltasks.run import pick_tasks, published_family, run_published
 
     pick_tasks(None, tasks)  # bad task names fail here, before anything is fetched or written
     if limit is not None and limit < 1:
@@ -239,7 +239,7 @@ def _eval_published(target: str, tasks: str | None, limit: int | None, threads: 
         tgt = resolve_target(session, target)
         if tgt.run_id is not None:  # a run's own checkpoint: its metrics go to that run
             run_dir = Path(session.get(RunRow, tgt.run_id).run_dir)
-    family = tgt.plan.get("family") or "smollm2"
+    family = published_family(tgt.plan, tgt.published_checkpoint, tgt.path)
     pick_tasks(family, tasks)
     # Progress goes to stderr, so --json keeps stdout one document.
     result = run_published(tgt.path, family=family, tasks=tasks, limit=limit, threads=threads, progress=True)

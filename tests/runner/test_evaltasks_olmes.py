@@ -187,3 +187,13 @@ def test_the_target_family_picks_the_suite(tulu_miniature):
     assert published_family({}, "allenai/Llama-3.1-Tulu-3-8B", tulu_miniature) == "tulu3"  # produced_by tulu3-8b:rlvr
     assert published_family({}, "HuggingFaceTB/SmolLM2-135M-Instruct", tulu_miniature) == "smollm2"
     assert published_family({}, None, tulu_miniature) == "tulu3"  # a bare Tülu-tokenizer directory
+
+
+def test_repro_eval_of_a_local_tulu_directory_gets_the_tulu_suite(tulu_miniature, cli):
+    # A bare local Tülu directory (no run, no registered checkpoint): the Tülu suite has no HellaSwag, so the
+    # CLI refuses it in one line, before anything is fetched or written; the SmolLM2 suite would have run it.
+    code, out, err = cli("eval", str(tulu_miniature), "--suite", "published", "--tasks", "hellaswag")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "unknown published task 'hellaswag' (valid: gsm8k, math, math500)" in err
+    code, out, err = cli("runs", "--json")
+    assert code == 0 and json.loads(out) == []
