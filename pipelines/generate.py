@@ -119,7 +119,7 @@ def pipeline_stages() -> dict[str, dict]:
     }}
     for recipe, body in raw["recipes"].items():
         family = body["family"]
-        for index, entry in enumerate(body["stages"]):
+        for entry in body["stages"]:
             stage = entry["name"]
             out_dir = f"{OUT_ROOT}/{recipe}/{stage}"
             plan = resolve(registry, recipe, stage, "smoke", {})

@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import ReproError, unknown
+
+if TYPE_CHECKING:  # rich is imported only when a table is printed
+    from rich.console import Console
 
 
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def console():  # noqa: ANN201 - rich is imported only when a table is printed
+def console() -> Console:
     from rich.console import Console
 
     return Console(soft_wrap=False, width=max(150, Console().width))

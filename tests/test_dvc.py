@@ -178,7 +178,8 @@ def test_dvc_params_diff_shows_one_row_per_changed_value(tmp_path: Path) -> None
     out = project.dvc("repro", "--single-item", PARAMS_STAGE)
     assert _ran(out.stdout + out.stderr) == [PARAMS_STAGE]
     diff = json.loads(project.dvc("params", "diff", "--json").stdout)
-    assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": {"old": before, "new": 0.25, "diff": 0.25 - before}}}, diff
+    row = {"old": before, "new": 0.25, "diff": 0.25 - before}
+    assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": row}}, diff
     table = project.dvc("params", "diff").stdout
     assert re.search(r"pipelines/params/smollm2-135m-dpo\.json\s+dpo_beta\s+\S+\s+0\.25", table), table
     everything = json.loads(project.dvc("params", "diff", "--all", "--json").stdout)
@@ -429,7 +430,8 @@ def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: 
     changed = json.loads(clone.dvc("status", *LEAVES, "--json").stdout)
     assert set(changed) == {"smollm2-135m-dpo"}, changed
     diff = json.loads(clone.dvc("params", "diff", "--json").stdout)
-    assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": {"old": before, "new": 0.25, "diff": 0.25 - before}}}, diff
+    row = {"old": before, "new": 0.25, "diff": 0.25 - before}
+    assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": row}}, diff
 
     out = clone.dvc("repro", *LEAVES)
     assert _ran(out.stdout + out.stderr) == ["smollm2-135m-dpo"]
