@@ -263,6 +263,7 @@ def worker(run_dir: Path) -> None:
     record.plan.extra["distributed"] = {"type": accelerator.distributed_type.value,
                                         "processes": accelerator.num_processes,
                                         "zero_stage": plugin.zero_stage if plugin is not None else None,
+                                        "zero3_init": bool(plugin.zero3_init_flag) if plugin is not None else None,
                                         "device": str(accelerator.device)}
     import torch
 

@@ -231,7 +231,7 @@ def test_recorded_rm_launch_through_the_accelerate_yaml_runs_zero3(cli, monkeypa
     assert "--config_file" in command and "deepspeed_zero3.yaml" in command and "--num_processes 2" in command
     assert "--mixed_precision no" in command and "--use_deepspeed" not in command  # the YAML says DeepSpeed
     assert record.plan.extra["distributed"] == {"type": "DEEPSPEED", "processes": 2, "zero_stage": 3,
-                                                "device": "cpu"}
+                                                "device": "cpu", "zero3_init": True}
     assert len(record.steps) == len(one["steps"]) == 2
     assert abs(one["steps"][0]["loss"] - record.steps[0]["loss"]) <= 1e-6 * abs(one["steps"][0]["loss"])
     assert [s["lr"] for s in one["steps"]] == [s["lr"] for s in record.steps]

@@ -115,7 +115,7 @@ def test_deepspeed_zero2_two_processes(cli):
     two, record = _steps(cli, "--launcher", "accelerate", "--num-processes", "2", "--deepspeed", "zero2")
     assert record["status"] == "succeeded" and record["plan"]["extra"]["deepspeed"] == "zero2"
     assert record["plan"]["extra"]["distributed"] == {"type": "DEEPSPEED", "processes": 2, "zero_stage": 2,
-                                                      "device": "cpu"}
+                                                      "device": "cpu", "zero3_init": False}
     _assert_same_steps(one, two)
 
 
@@ -131,7 +131,7 @@ def test_deepspeed_zero3_two_processes_match_one_process(cli):
     two, record = _steps(cli, "--launcher", "accelerate", "--num-processes", "2", "--deepspeed", "zero3")
     assert record["status"] == "succeeded"
     assert record["plan"]["extra"]["distributed"] == {"type": "DEEPSPEED", "processes": 2, "zero_stage": 3,
-                                                      "device": "cpu"}
+                                                      "device": "cpu", "zero3_init": True}
     _assert_same_steps(one, two)
     # Rank 0 wrote the whole model, gathered from both partitions, not its empty slices.
     a, b = _weights(one_dir), _weights(Path(record["run_dir"]))
@@ -179,7 +179,7 @@ def test_recorded_profile_zero3_two_processes_match_one_process(cli, tmp_path, m
     hp = two["plan"]["hyperparameters"]
     assert (hp["num_processes"], hp["gradient_accumulation_steps"], hp["loss_reduction"]) == (2, 64, "sum")
     assert two["plan"]["extra"]["distributed"] == {"type": "DEEPSPEED", "processes": 2, "zero_stage": 3,
-                                                   "device": "cpu"}
+                                                   "device": "cpu", "zero3_init": True}
     assert len(one["steps"]) == len(two["steps"]) == 2
     for a, b in zip(one["steps"], two["steps"]):
         assert _close(a["loss"], b["loss"]), (a, b)
