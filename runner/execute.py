@@ -218,6 +218,15 @@ def make_accelerator(plan: RunPlan | None = None) -> Any:
                                **kwargs)
     if accelerator.distributed_type != DistributedType.DEEPSPEED:  # never train DDP while claiming DeepSpeed
         raise RuntimeError(f"asked for DeepSpeed but accelerate set up {accelerator.distributed_type}")
+    if plan is not None and plan.stage == "dpo" and plugin.zero_stage == 3:
+        # Under ZeRO-3 accelerate tells transformers to load every model partitioned (even with the init flag
+        # off). The DPO stage copies its policy into the live reference, and a copy of partitioned weights is
+        # empty; so here the models load whole and DeepSpeed partitions the policy when it wraps it (the same
+        # numbers, more host memory).
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        plugin.zero3_init_flag = False
     return accelerator
 
 
