@@ -100,7 +100,7 @@ class Recorder:
         self.micro = []
         self.updates = []
         self.widths = []
-        self.started = self.seconds = None
+        self.started = self.seconds = self.cpu_seconds = None
         self.stop_after = 1
 
     def hook(self, _module, args, kwargs):
@@ -117,10 +117,12 @@ def Clock(recorder):
 
     class _Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            recorder.started = time.perf_counter()
+            recorder.started = (time.perf_counter(), time.process_time())
 
         def on_step_end(self, args, state, control, **kwargs):
-            recorder.seconds = time.perf_counter() - recorder.started
+            # CPU time as well: with one torch thread it barely moves with a shared machine's load
+            recorder.seconds = time.perf_counter() - recorder.started[0]
+            recorder.cpu_seconds = time.process_time() - recorder.started[1]
             if state.global_step >= recorder.stop_after:
                 # the schedule is sized by `schedule_steps` (the stage's full length); training stops here
                 control.should_training_stop = True
@@ -158,7 +160,7 @@ def trainer_class(base, recorder, deepspeed_scaling=False):
             if training:
                 entry = dict(logs)
                 entry["loss"] = sum(recorder.micro)  # the same sum the Trainer rounds to 4 decimals
-                entry["seconds"] = recorder.seconds
+                entry["seconds"], entry["cpu_seconds"] = recorder.seconds, recorder.cpu_seconds
                 recorder.micro.clear()
                 recorder.updates.append(entry)
             return result
