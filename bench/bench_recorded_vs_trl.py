@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,7 +50,7 @@ class CpuClock:
         return sum(diffs) / len(diffs)
 
 
-def dpo_tokens(plan, request: dict, steps: int) -> list[int]:  # noqa: ANN001
+def dpo_tokens(plan: Any, request: dict, steps: int) -> list[int]:
     from runner.stagekit import load_tokenizer, train_rows
     from runner.stages import dpo
 
@@ -72,32 +74,37 @@ def bench(stage: str, steps: int, accumulation: int, threads: int, repeats: int,
     tokens: list[int] = []
     for _ in range(repeats):
         home = tempfile.mkdtemp(prefix="repro-bench-trl-")
-        os.environ["REPRO_HOME"], os.environ["REPRO_RUNS_DIR"] = home, os.path.join(home, "runs")
-        from registry import database
+        try:
+            os.environ["REPRO_HOME"], os.environ["REPRO_RUNS_DIR"] = home, os.path.join(home, "runs")
+            from registry import database
 
-        database._engine_for.cache_clear()
-        if stage == "dpo":
-            plan = compare.dpo_plan(folder, accumulation)
-            request = compare.dpo_request(plan, folder, steps=steps, threads=threads)
-            tokens = dpo_tokens(plan, request, steps)
-        else:
-            plan = compare.sft_plan(folder, accumulation, max_seq_length=length, per_device=4)
-            request = compare.sft_request(plan, folder, load_tokenizer(folder, plan), steps=steps, threads=threads)
-            per = len(request["picked"]) // steps
-            tokens = [per * length] * steps
-        clock = CpuClock()
-        from runner.execute import execute
+            database._engine_for.cache_clear()
+            if stage == "dpo":
+                plan = compare.dpo_plan(folder, accumulation)
+                request = compare.dpo_request(plan, folder, steps=steps, threads=threads)
+                tokens = dpo_tokens(plan, request, steps)
+            else:
+                plan = compare.sft_plan(folder, accumulation, max_seq_length=length, per_device=4)
+                request = compare.sft_request(plan, folder, load_tokenizer(folder, plan), steps=steps, threads=threads)
+                per = len(request["picked"]) // steps
+                tokens = [per * length] * steps
+            clock = CpuClock()
+            from runner.execute import execute
 
-        record = execute(plan, plan.inputs, max_updates=steps, progress=clock)
-        ours = _seconds([s["seconds"] for s in record.steps])
-        reply = trl012.run(request)
-        theirs = _seconds([u["seconds"] for u in reply["updates"]])
-        best_ours = ours if best_ours is None else min(best_ours, ours)
-        best_trl = theirs if best_trl is None else min(best_trl, theirs)
-        cpu_ours.append(clock.per_update())
-        cpu_trl.append(_seconds([u["cpu_seconds"] for u in reply["updates"]][:-1] or
-                                [u["cpu_seconds"] for u in reply["updates"]]))
-        loss_pairs = [(s["loss"], u["loss"]) for s, u in zip(record.steps, reply["updates"])]
+            record = execute(plan, plan.inputs, max_updates=steps, progress=clock)
+            ours = _seconds([s["seconds"] for s in record.steps])
+            reply = trl012.run(request)
+            theirs = _seconds([u["seconds"] for u in reply["updates"]])
+            best_ours = ours if best_ours is None else min(best_ours, ours)
+            best_trl = theirs if best_trl is None else min(best_trl, theirs)
+            cpu_ours.append(clock.per_update())
+            cpu_trl.append(_seconds([u["cpu_seconds"] for u in reply["updates"]][:-1] or
+                                    [u["cpu_seconds"] for u in reply["updates"]]))
+            loss_pairs = [(s["loss"], u["loss"]) for s, u in zip(record.steps, reply["updates"])]
+        finally:
+            # a run writes a checkpoint and resumable state (~2 GB); the scratch home goes with it
+            shutil.rmtree(home, ignore_errors=True)
+
     tok = sum(tokens[1:]) / max(len(tokens) - 1, 1) if len(tokens) > 1 else tokens[0]
     return {"stage": stage, "steps": steps, "accumulation": accumulation, "threads": threads,
             "tokens_per_update": tok, "repro_s": best_ours, "trl_s": best_trl,

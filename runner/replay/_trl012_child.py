@@ -19,11 +19,14 @@ Request: {"task": "dpo" | "sft", "model": DIR, "rows": [...], "config": {...}, "
 Reply: {"versions": {...}, "updates": [{"loss", "grad_norm", "lr", <TRL's logged metrics>}], ...}
 """
 
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def legacy_folder(src: Path, dst: Path) -> Path:
@@ -57,7 +60,7 @@ def legacy_folder(src: Path, dst: Path) -> Path:
     return dst
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
@@ -67,7 +70,7 @@ def load_tokenizer(folder: Path):
     return tok
 
 
-def insert_empty_system(messages, tok):
+def insert_empty_system(messages: list[dict], tok: Any) -> list[dict]:
     # alignment-handbook maybe_insert_system_message
     messages = [dict(m) for m in messages]
     template = tok.chat_template or ""
@@ -76,7 +79,7 @@ def insert_empty_system(messages, tok):
     return messages
 
 
-def dpo_texts(row, tok):
+def dpo_texts(row: dict, tok: Any) -> dict[str, str]:
     """alignment-handbook apply_chat_template(task="dpo") and run_dpo.py's column renames."""
     prompt = insert_empty_system(row["chosen"][:-1], tok)
     out = {"prompt": tok.apply_chat_template(prompt, tokenize=False)}
@@ -88,7 +91,7 @@ def dpo_texts(row, tok):
     return out
 
 
-def sft_text(row, tok):
+def sft_text(row: dict, tok: Any) -> str:
     """alignment-handbook apply_chat_template(task="sft")."""
     return tok.apply_chat_template(insert_empty_system(row["messages"], tok), tokenize=False)
 
@@ -96,30 +99,30 @@ def sft_text(row, tok):
 class Recorder:
     """Per-update loss (unrounded, from training_step), TRL's logged metrics, and the forward widths."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.micro = []
         self.updates = []
         self.widths = []
         self.started = self.seconds = self.cpu_seconds = None
         self.stop_after = 1
 
-    def hook(self, _module, args, kwargs):
+    def hook(self, _module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
             self.widths.append(list(ids.shape))
 
 
-def Clock(recorder):
+def Clock(recorder: Recorder) -> Any:
     """Wall time of each update (forwards, backwards, clipping, optimizer step), for the benchmark."""
     import time
 
     from transformers import TrainerCallback
 
     class _Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             recorder.started = (time.perf_counter(), time.process_time())
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             # CPU time as well: with one torch thread it barely moves with a shared machine's load
             recorder.seconds = time.perf_counter() - recorder.started[0]
             recorder.cpu_seconds = time.process_time() - recorder.started[1]
@@ -130,14 +133,15 @@ def Clock(recorder):
     return _Clock()
 
 
-def trainer_class(base, recorder, deepspeed_scaling=False):
+def trainer_class(base: type, recorder: Recorder, deepspeed_scaling: bool = False) -> type:
     import torch
 
     class Replay(base):
-        def _get_train_sampler(self):
+        def _get_train_sampler(self) -> Any:
             return torch.utils.data.SequentialSampler(self.train_dataset)
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
             out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                        num_items_in_batch=num_items_in_batch)
             loss = out[0] if return_outputs else out
@@ -153,7 +157,7 @@ def trainer_class(base, recorder, deepspeed_scaling=False):
                 loss = loss / ga
             return (loss, out[1]) if return_outputs else loss
 
-        def log(self, logs, *a, **k):
+        def log(self, logs: dict, *a: Any, **k: Any) -> Any:
             training = "loss" in logs
             # DPOTrainer.log adds its stored metrics (rewards/*, logps/*) to `logs` in place
             result = super().log(logs, *a, **k)
@@ -168,18 +172,19 @@ def trainer_class(base, recorder, deepspeed_scaling=False):
     return Replay
 
 
-def common_args(cfg, out_dir, steps):
+def common_args(cfg: dict, out_dir: Path, steps: int) -> dict[str, Any]:
     return dict(output_dir=str(out_dir), per_device_train_batch_size=cfg["per_device_train_batch_size"],
                 gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
                 learning_rate=cfg["learning_rate"], lr_scheduler_type=cfg["lr_scheduler_type"],
                 warmup_ratio=cfg["warmup_ratio"], num_train_epochs=cfg.get("num_train_epochs", 1),
-                max_steps=cfg.get("schedule_steps") or steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                max_steps=cfg.get("schedule_steps") or steps, logging_steps=1, save_strategy="no", report_to=[],
+                use_cpu=True, bf16=False,
                 seed=cfg["seed"], max_grad_norm=cfg.get("max_grad_norm", 1.0), adam_beta1=cfg.get("adam_beta1", 0.9),
                 adam_beta2=cfg.get("adam_beta2", 0.999), adam_epsilon=cfg.get("adam_epsilon", 1e-8),
                 weight_decay=cfg.get("weight_decay", 0.0), dataloader_num_workers=0, disable_tqdm=True)
 
 
-def run_dpo(req, folder, work):
+def run_dpo(req: dict, folder: Path, work: Path) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -197,9 +202,9 @@ def run_dpo(req, folder, work):
     args = DPOConfig(beta=cfg["beta"], max_length=cfg["max_length"], max_prompt_length=cfg["max_prompt_length"],
                      loss_type=cfg["loss_type"], gradient_checkpointing=cfg.get("gradient_checkpointing", False),
                      **common_args(cfg, work / "out", req["steps"]))
-    trainer = trainer_class(DPOTrainer, recorder, cfg.get("deepspeed_scaling", True))(model=model, ref_model=ref, args=args,
-                                                  train_dataset=Dataset.from_list(texts), processing_class=tok,
-                                                  callbacks=[Clock(recorder)])
+    replay = trainer_class(DPOTrainer, recorder, cfg.get("deepspeed_scaling", True))
+    trainer = replay(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(texts),
+                     processing_class=tok, callbacks=[Clock(recorder)])
     tokenized = [{k: trainer.train_dataset[i][k] for k in ("prompt_input_ids", "chosen_input_ids",
                                                             "rejected_input_ids")} for i in range(len(texts))]
     trainer.train()
@@ -207,7 +212,7 @@ def run_dpo(req, folder, work):
             "rope_theta": model.config.rope_theta}
 
 
-def run_sft(req, folder, work):
+def run_sft(req: dict, folder: Path, work: Path) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -240,7 +245,7 @@ def run_sft(req, folder, work):
             "model_accepts_loss_kwargs": bool(getattr(trainer, "model_accepts_loss_kwargs", False))}
 
 
-def main():
+def main() -> None:
     req = json.loads(Path(sys.argv[1]).read_text())
     reply_path, work = Path(sys.argv[2]), Path(sys.argv[3])
     import torch

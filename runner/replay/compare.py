@@ -11,13 +11,17 @@ of the stage's first update, in the order the stage draws them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.plan import RunPlan
+    from runner.records import RunRecord
 
 # The recorded SmolLM2 DPO hyperparameters (recipes.json, smollm2-135m:dpo) that the smoke profile replaces.
 RECORDED_DPO = {"learning_rate": 1e-6, "max_seq_length": 1024, "max_prompt_length": 512, "per_device_batch_size": 2}
 
 
-def dpo_plan(init: Path, accumulation: int, extra: dict[str, Any] | None = None):  # noqa: ANN201
+def dpo_plan(init: Path, accumulation: int, extra: dict[str, Any] | None = None) -> RunPlan:
     """The smollm2-135m DPO plan with the recorded semantics, starting from `init`, with its inputs resolved."""
     from registry.recipes import load_recipes
     from runner.execute import resolve_inputs
@@ -32,7 +36,7 @@ def dpo_plan(init: Path, accumulation: int, extra: dict[str, Any] | None = None)
     return plan
 
 
-def first_update_indices(plan, num_examples: int) -> list[list[int]]:  # noqa: ANN001
+def first_update_indices(plan: RunPlan, num_examples: int) -> list[list[int]]:
     """The micro-batches (example indices) of update 0, as the stage draws them (one process)."""
     from runner.trainer import epoch_order, micro_batches
 
@@ -41,12 +45,13 @@ def first_update_indices(plan, num_examples: int) -> list[list[int]]:  # noqa: A
                          1, 0, num_examples)
 
 
-def trl_config(plan, num_examples: int) -> dict[str, Any]:  # noqa: ANN001
+def trl_config(plan: RunPlan, num_examples: int) -> dict[str, Any]:
     """The TrainingArguments / DPOConfig values the recorded recipe set, from the plan; `schedule_steps` is
     the stage's full update count, so TRL's schedule (sized by max_steps) is the stage's."""
     from runner.stages.common import schedule_spec
 
-    return {"schedule_steps": schedule_spec(plan, num_examples, None, 1).total_updates,"per_device_train_batch_size": plan.hp("per_device_batch_size"),
+    return {"schedule_steps": schedule_spec(plan, num_examples, None, 1).total_updates,
+            "per_device_train_batch_size": plan.hp("per_device_batch_size"),
             "gradient_accumulation_steps": plan.hp("gradient_accumulation_steps"),
             "learning_rate": plan.hp("learning_rate"), "lr_scheduler_type": plan.hp("lr_scheduler"),
             "warmup_ratio": plan.hp("warmup_ratio", 0.0), "seed": plan.hp("seed"),
@@ -55,7 +60,7 @@ def trl_config(plan, num_examples: int) -> dict[str, Any]:  # noqa: ANN001
             "max_grad_norm": plan.hp("max_grad_norm", 1.0), "weight_decay": plan.hp("weight_decay", 0.0)}
 
 
-def dpo_request(plan, init: Path, steps: int = 1, threads: int = 1) -> dict[str, Any]:  # noqa: ANN001
+def dpo_request(plan: RunPlan, init: Path, steps: int = 1, threads: int = 1) -> dict[str, Any]:
     """The TRL request for the stage's first `steps` updates: their rows, in the order the stage draws them
     (TRL's sequential sampler then forms the same micro-batches and updates)."""
     from runner.stagekit import train_rows
@@ -80,7 +85,7 @@ def dpo_request(plan, init: Path, steps: int = 1, threads: int = 1) -> dict[str,
             "picked": picked}
 
 
-def sft_plan(init: Path, accumulation: int, max_seq_length: int, per_device: int):  # noqa: ANN201
+def sft_plan(init: Path, accumulation: int, max_seq_length: int, per_device: int) -> RunPlan:
     """The smollm2-135m SFT plan: packing on (AH-ORIG run_sft.py), the real model as init."""
     from registry.recipes import load_recipes
     from runner.execute import resolve_inputs
@@ -95,7 +100,8 @@ def sft_plan(init: Path, accumulation: int, max_seq_length: int, per_device: int
     return plan
 
 
-def sft_request(plan, init: Path, tokenizer, steps: int = 1, threads: int = 1) -> dict[str, Any]:  # noqa: ANN001
+def sft_request(plan: RunPlan, init: Path, tokenizer: Any, steps: int = 1,
+                threads: int = 1) -> dict[str, Any]:
     """TRL gets the conversations in the order the stage packs them and the block order of its first updates."""
     import random
 
@@ -117,7 +123,7 @@ def sft_request(plan, init: Path, tokenizer, steps: int = 1, threads: int = 1) -
             "ours_blocks": [blocks[i]["input_ids"] for i in range(len(blocks))], "picked": picked}
 
 
-def run_stage(plan, max_updates: int = 1):  # noqa: ANN001, ANN201
+def run_stage(plan: RunPlan, max_updates: int = 1) -> RunRecord:
     """Run the planned stage in this process (what `repro run` does with the local launcher)."""
     from runner.execute import execute
 

@@ -42,7 +42,7 @@ def trl_python():
         raise
 
 
-def _our_logps(plan, model_dir, picked_mbs):  # noqa: ANN001
+def _our_logps(plan, model_dir, picked_mbs):
     """Mean chosen / rejected sequence log-probs per micro-batch, averaged, as TRL logs logps/*."""
     from runner import switches
     from runner.stagekit import load_causal_lm, load_tokenizer, train_rows
@@ -60,9 +60,9 @@ def _our_logps(plan, model_dir, picked_mbs):  # noqa: ANN001
             pc, pr = dpo.concatenated_logps(model, batch, tok.pad_token_id, False, cut)
             chosen.append(float(pc.mean()))
             rejected.append(float(pr.mean()))
-            widths.append(dpo.trl012_width([ex[f"{s}_prompt_length"] for s in ("chosen", "rejected") for ex in batch],
-                                           [ex[f"{s}_completion_length"] for s in ("chosen", "rejected") for ex in batch],
-                                           plan.hp("max_seq_length")))
+            rows = [(ex, s) for s in ("chosen", "rejected") for ex in batch]
+            widths.append(dpo.trl012_width([ex[f"{s}_prompt_length"] for ex, s in rows],
+                                           [ex[f"{s}_completion_length"] for ex, s in rows], plan.hp("max_seq_length")))
     return pairs, sum(chosen) / len(chosen), sum(rejected) / len(rejected), widths
 
 
@@ -120,8 +120,8 @@ def test_recorded_profile_dpo_run_equals_trl_dpotrainer(model_dir, trl_python, c
     lines = (FIXTURES_ROOT / "smollm2/ultrafeedback_binarized-train_prefs.jsonl").read_text().splitlines()
     data = tmp_path / "mirror" / "HuggingFaceH4" / "ultrafeedback_binarized" / "data"
     data.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([json.loads(x) for x in lines[:24]]), data / "train_prefs-00000-of-00001.parquet")
-    pq.write_table(pa.Table.from_pylist([json.loads(x) for x in lines[24:28]]), data / "test_prefs-00000-of-00001.parquet")
+    for split, part in (("train_prefs", lines[:24]), ("test_prefs", lines[24:28])):
+        pq.write_table(pa.Table.from_pylist([json.loads(x) for x in part]), data / f"{split}-00000-of-00001.parquet")
     code, out, err = cli("run", "smollm2-135m", "--stage", "dpo", "--hub-mirror", str(tmp_path / "mirror"),
                          "--input", f"init={model_dir}", "--precision", "fp32", "--device", "cpu",
                          "--max-steps", "2", "--set", "gradient_accumulation_steps=2", "--set", "num_processes=1",
