@@ -90,3 +90,14 @@ def cli(monkeypatch):
         return code, out.getvalue(), err.getvalue()
 
     return invoke
+
+
+# Tiers: `pytest -m "not slow"` is the edit–test loop. Any test that needs the session's smoke chains (seven
+# stages trained through the CLI) is slow by what it uses, so it need not be marked by hand.
+_SLOW_FIXTURES = {"smoke_runs", "in_smoke_home"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

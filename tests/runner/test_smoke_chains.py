@@ -115,11 +115,31 @@ def test_lineage_shows_the_chain(in_smoke_home):
     assert in_smoke_home[("smollm2-135m", "pretrain")]["run_id"] in out
 
 
-def test_lineage_verify_passes_then_flags_a_tampered_input(in_smoke_home, tmp_path):
+def test_lineage_verify_passes_then_flags_a_tampered_input(in_smoke_home):
     dpo = in_smoke_home[("tulu3-8b", "dpo")]
     code, out, err = run_cli("lineage", dpo["run_id"], "--verify", "--json")
     assert code == 0, err
-    assert all(v["status"] == "ok" for v in json.loads(out)["verify"])
+    verified = json.loads(out)["verify"]
+    assert verified and all(v["status"] == "ok" for v in verified)
+    # Tamper with the DPO's parent: one flipped byte in the SFT checkpoint's weights. The chain is shared
+    # by the session's tests, so the original bytes go back whatever happens.
+    weights = Path(in_smoke_home[("tulu3-8b", "sft")]["run_dir"]) / "checkpoint" / "model.safetensors"
+    original = weights.read_bytes()
+    tampered = bytearray(original)
+    tampered[-1] ^= 0xFF
+    try:
+        weights.write_bytes(bytes(tampered))
+        code, out, err = run_cli("lineage", dpo["run_id"], "--verify", "--json")
+    finally:
+        weights.write_bytes(original)
+    assert code == 1
+    flagged = [v for v in json.loads(out)["verify"] if v["status"] != "ok"]
+    # The SFT checkpoint is both the DPO's input and the SFT run's output: each record of it is flagged, and
+    # nothing else is.
+    assert flagged and {v["status"] for v in flagged} == {"modified"}
+    assert all(str(weights.parent) in v["detail"] for v in flagged), flagged
+    code, out, err = run_cli("lineage", dpo["run_id"], "--verify", "--json")
+    assert code == 0, err
 
 
 def test_diff_two_runs(in_smoke_home):
