@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def piqa_requests(tokenizer, n: int):  # noqa: ANN001, ANN201
+def piqa_requests(tokenizer, n: int):
     from runner.evaltasks import data as D
     from runner.evaltasks import lighteval_tasks as lt
 
@@ -34,7 +34,7 @@ def piqa_requests(tokenizer, n: int):  # noqa: ANN001, ANN201
     return [(lt.context(docs[i], [], tokenizer, True), docs[i]) for i in picked]
 
 
-def gsm8k_prompts(tokenizer, n: int) -> list[str]:  # noqa: ANN001
+def gsm8k_prompts(tokenizer, n: int) -> list[str]:
     from runner.evaltasks import data as D
     from runner.evaltasks import lighteval_tasks as lt
 
@@ -47,7 +47,7 @@ def gsm8k_prompts(tokenizer, n: int) -> list[str]:  # noqa: ANN001
     return out
 
 
-def bench_loglikelihood(model, tokenizer, items, batch_size: int, repeats: int = 1) -> dict:  # noqa: ANN001
+def bench_loglikelihood(model, tokenizer, items, batch_size: int, repeats: int = 1) -> dict:
     """Timed alternately (ours, theirs, ours, …), best of `repeats` each: on a shared machine the load
     drifts, and alternating keeps both engines under the same drift."""
     from lm_eval.api.instance import Instance
@@ -81,7 +81,7 @@ def bench_loglikelihood(model, tokenizer, items, batch_size: int, repeats: int =
             "repro_acc_norm": 100 * acc[0], "lm_eval_acc_norm": 100 * acc[1]}
 
 
-def bench_generation(model, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> dict:  # noqa: ANN001
+def bench_generation(model, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> dict:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 

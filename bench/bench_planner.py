@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from registry.errors import ReproError  # noqa: E402
-from registry.recipes import load_recipes  # noqa: E402
-from runner.planner import plan_layout  # noqa: E402
+from registry.errors import ReproError
+from registry.recipes import load_recipes
+from runner.planner import plan_layout
 
 MAX_GPUS = 512
 

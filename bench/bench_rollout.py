@@ -41,7 +41,7 @@ import torch  # noqa: E402
 RECIPE = "tulu3-8b"
 
 
-def miniatures(plan) -> tuple[Path, Path]:  # noqa: ANN001
+def miniatures(plan) -> tuple[Path, Path]:
     """Save a policy LM and a reward model (same miniature config) with the fixture tokenizer."""
     from runner.models import build_model, build_reward_model
     from runner.stagekit import fixture_tokenizer, miniature_config, quiet_libraries
@@ -58,7 +58,7 @@ def miniatures(plan) -> tuple[Path, Path]:  # noqa: ANN001
     return policy_dir, rm_dir
 
 
-def plain_generate(model, encoded: list[list[int]], pad: int, eos: int, max_new: int, temperature: float,  # noqa: ANN001
+def plain_generate(model, encoded: list[list[int]], pad: int, eos: int, max_new: int, temperature: float,
                    batch: int, seed: int) -> list[list[int]]:
     out: list[list[int]] = []
     torch.manual_seed(seed)
@@ -78,7 +78,7 @@ def plain_generate(model, encoded: list[list[int]], pad: int, eos: int, max_new:
     return out
 
 
-def bench_generation(policy_dir: Path, plan, n_prompts: int, reps: int) -> list[tuple[str, float, float]]:  # noqa: ANN001
+def bench_generation(policy_dir: Path, plan, n_prompts: int, reps: int) -> list[tuple[str, float, float]]:
     from runner.generation import generate
     from runner.stagekit import load_causal_lm, load_tokenizer, set_determinism
     from runner.stages.rlvr import prompt_rows
@@ -139,8 +139,8 @@ def bench_ppo_step(policy_dir: Path, rm_dir: Path, steps: int) -> dict[str, floa
     per_step: list[dict[str, float]] = []
     marks = {"last": None}
 
-    def timed(fn, kind):  # noqa: ANN001, ANN202
-        def inner(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def timed(fn, kind):
+        def inner(*a, **k):
             if marks["last"] is None:
                 marks["last"] = time.perf_counter()  # the first step starts at its first rollout
             start = time.perf_counter()
@@ -150,7 +150,7 @@ def bench_ppo_step(policy_dir: Path, rm_dir: Path, steps: int) -> dict[str, floa
             return out
         return inner
 
-    def progress(_metrics) -> None:  # noqa: ANN001
+    def progress(_metrics) -> None:
         now = time.perf_counter()
         per_step.append({"total": now - marks["last"], **spent})
         for k in spent:

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import copy
+import io
 import os
 import shutil
 import statistics
@@ -64,7 +64,7 @@ class Counter:
     def __init__(self) -> None:
         self.tokens = 0
 
-    def hook(self, _module, args, kwargs):  # noqa: ANN001, ANN201
+    def hook(self, _module, args, kwargs):
         if torch.is_grad_enabled():
             mask = kwargs.get("attention_mask")
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -72,7 +72,7 @@ class Counter:
         return None
 
 
-def count_tokens(model, counter: Counter):  # noqa: ANN001, ANN201
+def count_tokens(model, counter: Counter):
     model.register_forward_pre_hook(counter.hook, with_kwargs=True)
     return model
 
@@ -87,28 +87,28 @@ class Stamps:
         self.cpu_encoded = self.cpu_loop_start = self.cpu_loop_end = None
 
 
-def patch_stage(module, counter: Counter, stamps: Stamps):  # noqa: ANN001, ANN201
+def patch_stage(module, counter: Counter, stamps: Stamps):
     """Wrap what the stage module imported (model loaders, encoders, the driver) without changing its code."""
     import runner.stages.common as common
 
     saved = {}
 
-    def wrap(owner, name, make):  # noqa: ANN001, ANN202
+    def wrap(owner, name, make):
         saved[(owner, name)] = getattr(owner, name)
         setattr(owner, name, make(getattr(owner, name)))
 
-    def loader(fn):  # noqa: ANN001, ANN202
+    def loader(fn):
         return lambda *a, **k: count_tokens(fn(*a, **k), counter)
 
-    def encoder(fn):  # noqa: ANN001, ANN202
-        def inner(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def encoder(fn):
+        def inner(*a, **k):
             out = fn(*a, **k)
             stamps.encoded, stamps.cpu_encoded = time.perf_counter(), time.process_time()
             return out
         return inner
 
-    def updates(fn):  # noqa: ANN001, ANN202
-        def inner(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def updates(fn):
+        def inner(*a, **k):
             stamps.loop_start, stamps.cpu_loop_start = time.perf_counter(), time.process_time()
             yield from fn(*a, **k)
             stamps.loop_end, stamps.cpu_loop_end = time.perf_counter(), time.process_time()
@@ -126,7 +126,7 @@ def patch_stage(module, counter: Counter, stamps: Stamps):  # noqa: ANN001, ANN2
     return restore
 
 
-def run_stage(reg, recipe: str, stage: str, steps: int | None, overrides: dict[str, str] | None = None,  # noqa: ANN001
+def run_stage(reg, recipe: str, stage: str, steps: int | None, overrides: dict[str, str] | None = None,
               reference_mode: str | None = None, sets: dict | None = None) -> dict:
     import importlib
 
@@ -158,7 +158,7 @@ def run_stage(reg, recipe: str, stage: str, steps: int | None, overrides: dict[s
 # ---------------------------------------------------------------- TRL side
 
 
-def _ordered(plan, n_examples: int, steps: int) -> list[int]:  # noqa: ANN001
+def _ordered(plan, n_examples: int, steps: int) -> list[int]:
     """Example indices in the order our loop consumes them over `steps` updates (one process)."""
     from runner.trainer import epoch_order, micro_batches
 
@@ -173,7 +173,7 @@ def _ordered(plan, n_examples: int, steps: int) -> list[int]:  # noqa: ANN001
     return out
 
 
-def _trl_common(plan, steps: int, out_dir: Path) -> dict:  # noqa: ANN001
+def _trl_common(plan, steps: int, out_dir: Path) -> dict:
     return dict(output_dir=str(out_dir), per_device_train_batch_size=plan.hp("per_device_batch_size", 1),
                 gradient_accumulation_steps=plan.hp("gradient_accumulation_steps", 1), max_steps=steps,
                 learning_rate=plan.hp("learning_rate"), weight_decay=plan.hp("weight_decay", 0.0),
@@ -184,27 +184,27 @@ def _trl_common(plan, steps: int, out_dir: Path) -> dict:  # noqa: ANN001
                 dataloader_num_workers=0, remove_unused_columns=False)
 
 
-def _timing_callback(box: dict):  # noqa: ANN202
+def _timing_callback(box: dict):
     from transformers import TrainerCallback
 
     class Timing(TrainerCallback):
-        def on_train_begin(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+        def on_train_begin(self, *a, **k):
             box["start"] = time.perf_counter()
 
-        def on_train_end(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+        def on_train_end(self, *a, **k):
             box["end"] = time.perf_counter()
     return Timing()
 
 
-def _sequential(cls):  # noqa: ANN001, ANN202
+def _sequential(cls):
     class Sequential(cls):
-        def _get_train_sampler(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+        def _get_train_sampler(self, *a, **k):
             return torch.utils.data.SequentialSampler(self.train_dataset)
     Sequential.__name__ = cls.__name__
     return Sequential
 
 
-def trl_sft(plan, steps: int) -> dict:  # noqa: ANN001
+def trl_sft(plan, steps: int) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -240,7 +240,7 @@ def _trl_pair(pair: dict) -> dict:
     return {"prompt_ids": pc[:k], "chosen_ids": pc[k:] + c, "rejected_ids": pr[k:] + r}
 
 
-def trl_dpo(plan, checkpoint: Path, steps: int) -> dict:  # noqa: ANN001
+def trl_dpo(plan, checkpoint: Path, steps: int) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -261,7 +261,7 @@ def trl_dpo(plan, checkpoint: Path, steps: int) -> dict:  # noqa: ANN001
                      max_length=None, precompute_ref_log_probs=False)
 
     class PreTokenized(DPOTrainer):
-        def _prepare_dataset(self, dataset, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        def _prepare_dataset(self, dataset, *a, **k):
             return dataset  # already prompt_ids / chosen_ids / rejected_ids, from our encoding
 
     trainer = _sequential(PreTokenized)(model=model, ref_model=reference, args=args, train_dataset=data,
@@ -274,12 +274,12 @@ def trl_dpo(plan, checkpoint: Path, steps: int) -> dict:  # noqa: ANN001
 # ---------------------------------------------------------------- main
 
 
-def recorded_dpo_epochs(reg) -> int:  # noqa: ANN001
+def recorded_dpo_epochs(reg) -> int:
     """The SmolLM2 1.7B DPO's recorded epochs: where a cached reference is reused, it is reused this often."""
     return int(reg.stage("smollm2-1.7b", "dpo").hyperparameters["epochs"].value)
 
 
-def full_epochs(reg, recipe: str, epochs: int, reps: int) -> None:  # noqa: ANN001
+def full_epochs(reg, recipe: str, epochs: int, reps: int) -> None:
     """Cached vs live reference DPO over whole epochs, where the cache pays: each pair's reference forward
     runs once instead of once per epoch. Three variants of the real stage, alternated per repetition:
     live reference, the cache as one forward per pair (as before), the cache batched by padded width."""

@@ -85,7 +85,7 @@ def audit(registry: Registry, recipe_name: str) -> list[Finding]:
     return findings
 
 
-def _arithmetic(where: str, stage) -> list[Finding]:  # noqa: ANN001
+def _arithmetic(where: str, stage) -> list[Finding]:
     out: list[Finding] = []
     stated = derive.hp(stage, "effective_batch_size")
     product = derive.layout_product(stage)

@@ -48,7 +48,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn, _record):
             # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit transactions
             # would start deferred and fail on the write-lock upgrade).
             dbapi_conn.isolation_level = None
@@ -59,7 +59,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):  # noqa: ANN001
+        def _begin_immediate(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
@@ -104,7 +104,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     return before, SCHEMA_REVISION
 
 
-def run_migrations(engine: Engine, action, revision: str) -> None:  # noqa: ANN001
+def run_migrations(engine: Engine, action, revision: str) -> None:
     """alembic `action` (command.upgrade / command.downgrade) to `revision` in one transaction."""
     cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.connect() as conn:
@@ -209,7 +209,7 @@ def _sqlite_read_engine(path: Path) -> Engine:
                                                                          check_same_thread=False))
 
     @event.listens_for(engine, "connect")
-    def _read_only_pragmas(dbapi_conn, _record):  # noqa: ANN001
+    def _read_only_pragmas(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=60000")
@@ -217,7 +217,7 @@ def _sqlite_read_engine(path: Path) -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_deferred(conn):  # noqa: ANN001
+    def _begin_deferred(conn):
         conn.exec_driver_sql("BEGIN")  # one read snapshot for the whole command, no write lock
 
     return engine

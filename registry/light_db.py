@@ -112,7 +112,6 @@ def _ready(db: LightDB, file_hash: str) -> dict[str, Any] | None:
 def lineage_walk(reg, target: str, downstream: bool, with_outputs: bool):  # noqa: ANN001, ANN201
     """(node, edges, output edges) of one unbounded walk, or None when this path cannot answer."""
     from registry.lineage_tree import Edge  # here, not at the top: its dataclasses import slows `repro list`
-    from registry.recipes import content_hash
 
     try:
         db = connect()
@@ -122,7 +121,7 @@ def lineage_walk(reg, target: str, downstream: bool, with_outputs: bool):  # noq
         return None
     try:
         try:
-            statements = _ready(db, content_hash(reg.raw))
+            statements = _ready(db, file_hash(reg.raw))
         except Exception:  # noqa: BLE001 - e.g. no such table, not a database
             return None
         if statements is None:
@@ -168,6 +167,15 @@ def resolve_node(reg, target: str, exists, dataset_key, run_id) -> str:  # noqa:
     raise unknown("lineage target", target, candidates)
 
 
+def file_hash(raw: Any) -> str:
+    """registry.recipes.content_hash of recipes.json, which sync recorded (a test keeps the two equal), without
+    importing registry.recipes (pydantic and the schema)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -179,7 +187,6 @@ def indexed_recipes() -> dict[str, Any] | None:
     """recipes.json parsed, without the schema validation, when an SQLite database indexes exactly this
     content (its sync validated it and recorded the hash); None otherwise, and the caller validates.
     (On PostgreSQL, importing the driver costs more than the validation it would save.)"""
-    import hashlib
     import os
 
     if not database_url().startswith("sqlite"):
@@ -187,9 +194,7 @@ def indexed_recipes() -> dict[str, Any] | None:
     path = Path(os.environ.get("REPRO_RECIPES") or Path(__file__).resolve().parent.parent / "recipes.json")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
-        # registry.recipes.content_hash, which sync recorded (a test keeps the two equal)
-        digest = hashlib.sha256(json.dumps(raw, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-                                .encode()).hexdigest()
+        digest = file_hash(raw)
         db = connect()
     except Exception:  # noqa: BLE001 - unreadable, malformed, nested too deep: the validating load says why
         return None

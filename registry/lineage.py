@@ -18,8 +18,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (ColumnElement, FromClause, Integer, ScalarSelect, Select, Text, bindparam, cast, exists, literal,
-                        or_, select, true, update)
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Integer,
+    ScalarSelect,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    exists,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from registry.db import NODES, LineageEdgeRow, node_ids
@@ -34,7 +48,7 @@ __all__ = ["Edge", "LineageNode", "add_edges", "compiled_statements", "hashed_ed
            "lineage_tree", "node_exists", "parent_key", "reachable"]
 
 
-def _sides(downstream: bool):  # noqa: ANN202
+def _sides(downstream: bool):
     """(near, far): the node-id column a walk arrives on and the one it leaves by."""
     return (EDGES.c.parent_id, EDGES.c.child_id) if downstream else (EDGES.c.child_id, EDGES.c.parent_id)
 
@@ -53,7 +67,7 @@ def _keyed(edges: FromClause, *where: ColumnElement[bool], base: FromClause | No
             .join(CHILD, CHILD.c.id == edges.c.child_id).where(*where))
 
 
-def _walk(downstream: bool, max_depth: int | None, root: ColumnElement[int] | None = None):  # noqa: ANN202
+def _walk(downstream: bool, max_depth: int | None, root: ColumnElement[int] | None = None):
     """The recursive CTE of the node ids reachable from the bound `root` key (or from the node id
     expression `root`; depth < max_depth when given). Ids are integers on both sides, so PostgreSQL's
     rule that the recursive term's type equal the seed's holds."""
@@ -67,7 +81,7 @@ def _walk(downstream: bool, max_depth: int | None, root: ColumnElement[int] | No
                       .join(walk, near == walk.c.node).where(walk.c.depth + 1 < bindparam("max_depth")))
 
 
-def _edges_of(nodes, downstream: bool, dialect: str, only_to_checkpoints: bool = False):  # noqa: ANN001, ANN202
+def _edges_of(nodes, downstream: bool, dialect: str, only_to_checkpoints: bool = False):
     """The edges leaving `nodes` (a one-column subquery of node ids), in the order they were written.
 
     PostgreSQL gets a LATERAL join, one index lookup per node by construction: misjudging a recursive
@@ -83,14 +97,14 @@ def _edges_of(nodes, downstream: bool, dialect: str, only_to_checkpoints: bool =
     return _keyed(EDGES, near.in_(nodes), *extra).order_by(EDGES.c.id)
 
 
-def _edges_statement(downstream: bool, max_depth: int | None = None, dialect: str = "sqlite"):  # noqa: ANN202
+def _edges_statement(downstream: bool, max_depth: int | None = None, dialect: str = "sqlite"):
     if dialect == "sqlite" and max_depth is None:
         return _edges_walk(downstream)
     walk = _walk(downstream, max_depth)
     return _edges_of(select(walk.c.node).distinct(), downstream, dialect)
 
 
-def _edges_walk(downstream: bool):  # noqa: ANN202
+def _edges_walk(downstream: bool):
     """SQLite: walk (edge id, node reached) pairs, then read the edges by id. Downstream, each step is
     one lookup in the covering (parent_id, child_id, relation) index, which holds the rowid too, so the
     walk never reads the table; the edges are then read by rowid, already in id order. A third of the
@@ -102,7 +116,7 @@ def _edges_walk(downstream: bool):  # noqa: ANN202
     return _keyed(EDGES, EDGES.c.id.in_(select(walk.c.id))).order_by(EDGES.c.id)
 
 
-def _outputs_statement(dialect: str = "sqlite"):  # noqa: ANN202
+def _outputs_statement(dialect: str = "sqlite"):
     """The checkpoints produced by the runs upstream of root (what --verify re-hashes besides inputs)."""
     walk = _walk(downstream=False, max_depth=None)
     # Only the run nodes of the walk are looked up: a stage, dataset or code node has an edge to every
@@ -112,7 +126,7 @@ def _outputs_statement(dialect: str = "sqlite"):  # noqa: ANN202
     return _edges_of(runs, True, dialect, only_to_checkpoints=True)
 
 
-def compiled_statements(dialect) -> dict[str, dict[str, Any]]:  # noqa: ANN001
+def compiled_statements(dialect) -> dict[str, dict[str, Any]]:
     """{name: {"sql", "order", "values"}} of the unbounded walks compiled for `dialect` (stored at sync
     for the cold read path): `order` names the positional (qmark) parameters, `values` holds every
     bound value but the root."""

@@ -12,8 +12,16 @@ from typing import Any
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from registry.db import (CheckpointRow, DatasetRow, DatasetVersionRow, LineageEdgeRow, PublishedMetricRow, RecipeRow,
-                         StageRow, SyncState)
+from registry.db import (
+    CheckpointRow,
+    DatasetRow,
+    DatasetVersionRow,
+    LineageEdgeRow,
+    PublishedMetricRow,
+    RecipeRow,
+    StageRow,
+    SyncState,
+)
 from registry.recipes import Registry, content_hash
 
 FILE_HASH_KEY = "recipes_file_hash"
@@ -62,8 +70,8 @@ def store_walk_statements(session: Session) -> None:
     """The lineage walks compiled for this database's dialect, for the cold read path (light_db)."""
     import json
 
-    from registry.lineage import compiled_statements
     from registry.light_db import statements_key
+    from registry.lineage import compiled_statements
 
     _lock(session)  # concurrent first connections (a brand-new database) would insert the same key
     dialect = session.get_bind().dialect

@@ -342,7 +342,7 @@ def reference_entry(value: float, protocol: dict[str, Any] | None, tolerance: fl
 # ---------------------------------------------------------------- a run's comparison
 
 
-def published_checkpoint(registry, recipe: str, stage: str) -> str | None:  # noqa: ANN001
+def published_checkpoint(registry, recipe: str, stage: str) -> str | None:
     """The checkpoint whose published metrics a stage's run is compared with: among the stage's outputs
     that carry metrics, the last public one (the final release rather than internal intermediates)."""
     try:
@@ -446,7 +446,7 @@ def scorecard_png(comparisons: list[Comparison], path: str | Path, title: str) -
     return path
 
 
-def scorecard_figure(comparisons: list[Comparison], title: str):  # noqa: ANN201
+def scorecard_figure(comparisons: list[Comparison], title: str):
     """One row per metric: the reference (line), its tolerance band (shaded) and the run (dot,
     coloured by verdict). Each row has its own x-axis, since metrics differ in scale."""
     import matplotlib

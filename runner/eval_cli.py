@@ -47,7 +47,7 @@ def _published_spec() -> dict[str, Any]:
     return SMOLLM2_135M_INSTRUCT
 
 
-def _run_checkpoint(run) -> Path:  # noqa: ANN001
+def _run_checkpoint(run) -> Path:
     path = Path(run.run_dir) / "checkpoint"
     if not (path / "config.json").is_file():
         raise ReproError(f"run {run.id} has no checkpoint at {path} (status {run.status}); "
@@ -58,7 +58,7 @@ def _run_checkpoint(run) -> Path:  # noqa: ANN001
     return path
 
 
-def resolve_target(session, target: str) -> Target:  # noqa: ANN001
+def resolve_target(session, target: str) -> Target:
     from sqlalchemy import select
 
     from registry.db import CheckpointRow, RunRow
@@ -108,7 +108,7 @@ def resolve_target(session, target: str) -> Target:  # noqa: ANN001
                      "or a model directory")
 
 
-def _reference_path(session, reference: str | None, target: Target) -> Path | None:  # noqa: ANN001
+def _reference_path(session, reference: str | None, target: Target) -> Path | None:
     if reference is not None:
         return resolve_target(session, reference).path
     ref = (target.plan.get("inputs") or {}).get("reference") or {}
@@ -122,7 +122,7 @@ def _hash_or_none(path: Path) -> str | None:
     return dvc_hash(path) if size <= MAX_HASH_BYTES else None
 
 
-def _add_edge(session, parent: str, child: str, relation: str, digest: str | None, path: str | None) -> None:  # noqa: ANN001
+def _add_edge(session, parent: str, child: str, relation: str, digest: str | None, path: str | None) -> None:
     from registry.lineage import add_edges
 
     # The registry's one edge writer: keeps an edge already recorded, refuses one that would close a cycle.
@@ -205,7 +205,7 @@ def eval_cmd(target: str = typer.Argument(..., help="a run id, a checkpoint name
     console().print(table)
 
 
-def _new_eval_run(session, tgt: Target, suite: str, profile: str, metrics: list[dict[str, Any]],  # noqa: ANN001
+def _new_eval_run(session, tgt: Target, suite: str, profile: str, metrics: list[dict[str, Any]],
                   extra: dict[str, Any] | None = None) -> tuple[str, Path]:
     from registry.db import RunRow, utcnow
     from registry.queries import add_run
@@ -225,7 +225,7 @@ def _new_eval_run(session, tgt: Target, suite: str, profile: str, metrics: list[
     return run_id, run_dir
 
 
-def _eval_published(target: str, tasks: str | None, limit: int | None, threads: int | None, as_json: bool):  # noqa: ANN202
+def _eval_published(target: str, tasks: str | None, limit: int | None, threads: int | None, as_json: bool):
     """`--suite published`: run the family's published protocols, record every metric on a run."""
     from registry.database import session_scope
     from registry.db import RunRow
@@ -281,7 +281,7 @@ def _eval_published(target: str, tasks: str | None, limit: int | None, threads: 
 # ---------------------------------------------------------------- compare
 
 
-def _latest_metrics(session, run_id: str) -> list[dict[str, Any]]:  # noqa: ANN001
+def _latest_metrics(session, run_id: str) -> list[dict[str, Any]]:
     from registry.queries import run_metrics
 
     latest: dict[str, dict[str, Any]] = {}

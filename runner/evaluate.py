@@ -137,7 +137,7 @@ def model_kind(path: str | Path) -> str:
                      "*ForSequenceClassification)")
 
 
-def load_tokenizer(path: Path, chat_template: str | None = None, fallback_template: str | None = None):  # noqa: ANN201
+def load_tokenizer(path: Path, chat_template: str | None = None, fallback_template: str | None = None):
     """The checkpoint's tokenizer; `chat_template` replaces its template, `fallback_template` only fills a
     missing one (a run's plan names the template its stage trained with)."""
     from transformers import AutoTokenizer
@@ -160,7 +160,7 @@ def load_tokenizer(path: Path, chat_template: str | None = None, fallback_templa
     return tok
 
 
-def template_name(tokenizer) -> str | None:  # noqa: ANN001
+def template_name(tokenizer) -> str | None:
     """The registry name of the tokenizer's chat template, `custom:<sha8>` for others, None if unset."""
     from runner.data.templates import TEMPLATES
 
@@ -173,18 +173,18 @@ def template_name(tokenizer) -> str | None:  # noqa: ANN001
     return "custom:" + hashlib.sha256(jinja.encode()).hexdigest()[:8]
 
 
-def guess_family(tokenizer) -> str:  # noqa: ANN001
+def guess_family(tokenizer) -> str:
     # Fixture and real tokenizers share their special tokens with the family they mimic.
     return "smollm2" if tokenizer.eos_token == "<|im_end|>" else "tulu3"
 
 
-def _load_causal_lm(path: Path):  # noqa: ANN201
+def _load_causal_lm(path: Path):
     from runner.generation import load_for_generation
 
     return load_for_generation(path)
 
 
-def _load_reward_model(path: Path):  # noqa: ANN201
+def _load_reward_model(path: Path):
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -294,7 +294,7 @@ def run_suite(suite: str, model_dir: str | Path, *, data: str | Path | None = No
                       seed, suite=suite, **common)
 
 
-def _verifiers(model_dir: Path, tokenizer, rows, data: Path, sha: str, tasks: list[str], version: str,  # noqa: ANN001
+def _verifiers(model_dir: Path, tokenizer, rows, data: Path, sha: str, tasks: list[str], version: str,
                max_new_tokens: int, batch_size: int, seed: int, *, suite: str, profile: str,
                family: str) -> EvalResult:
     from runner import verifiers
@@ -341,7 +341,7 @@ def _verifiers(model_dir: Path, tokenizer, rows, data: Path, sha: str, tasks: li
     return EvalResult(suite, metrics, str(data), sha, details)
 
 
-def _pairs(rows, data: Path) -> list[tuple[int, list, list]]:  # noqa: ANN001
+def _pairs(rows, data: Path) -> list[tuple[int, list, list]]:
     out = []
     for n, row in enumerate(rows, 1):
         chosen, rejected = row.get("chosen"), row.get("rejected")
@@ -352,7 +352,7 @@ def _pairs(rows, data: Path) -> list[tuple[int, list, list]]:  # noqa: ANN001
     return out
 
 
-def _encode_pair_side(tokenizer, messages: list, max_len: int) -> tuple[list[int], int]:  # noqa: ANN001
+def _encode_pair_side(tokenizer, messages: list, max_len: int) -> tuple[list[int], int]:
     """(ids, prompt_length): prompt = everything before the last assistant turn, rendered with the generation
     prompt; tokenized apart from the completion so the boundary is exact."""
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
@@ -365,11 +365,11 @@ def _encode_pair_side(tokenizer, messages: list, max_len: int) -> tuple[list[int
     return ids, max(0, len(p_ids) - (len(p_ids) + len(c_ids) - len(ids)))
 
 
-def _max_len(model) -> int:  # noqa: ANN001
+def _max_len(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
 
 
-def _right_pad(seqs: list[list[int]], pad_id: int):  # noqa: ANN202
+def _right_pad(seqs: list[list[int]], pad_id: int):
     import torch
 
     width = max(len(s) for s in seqs)
@@ -381,7 +381,7 @@ def _right_pad(seqs: list[list[int]], pad_id: int):  # noqa: ANN202
     return ids, mask
 
 
-def _preference(model_dir: Path, kind: str, tokenizer, rows, data: Path, sha: str, reference_dir,  # noqa: ANN001
+def _preference(model_dir: Path, kind: str, tokenizer, rows, data: Path, sha: str, reference_dir,
                 loss_type: str, batch_size: int, *, profile: str, family: str) -> EvalResult:
     import torch
 
@@ -432,7 +432,7 @@ def _preference(model_dir: Path, kind: str, tokenizer, rows, data: Path, sha: st
     max_len = _max_len(policy)
     average = loss_type in ("dpo_norm", "simpo")  # length-normalised log-probs, as those losses use them
 
-    def logps(model, convs: list[list]):  # noqa: ANN001, ANN202
+    def logps(model, convs: list[list]):
         encoded = [_encode_pair_side(tokenizer, c, max_len) for c in convs]
         ids, mask = _right_pad([e[0] for e in encoded], pad)
         labels = ids.clone()
@@ -461,7 +461,7 @@ def _preference(model_dir: Path, kind: str, tokenizer, rows, data: Path, sha: st
     return EvalResult("preference", [metric], str(data), sha, details)
 
 
-def _heldout(model_dir: Path, tokenizer, rows, data: Path, sha: str, batch_size: int, *, profile: str,  # noqa: ANN001
+def _heldout(model_dir: Path, tokenizer, rows, data: Path, sha: str, batch_size: int, *, profile: str,
              family: str) -> EvalResult:
     import torch
 

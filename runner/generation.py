@@ -39,7 +39,7 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _stop_ids(tokenizer, stop_token_ids: Sequence[int] | None) -> list[int]:  # noqa: ANN001
+def _stop_ids(tokenizer, stop_token_ids: Sequence[int] | None) -> list[int]:
     ids: list[int] = []
     eos = tokenizer.eos_token_id
     for value in ([eos] if isinstance(eos, int) else list(eos or [])) + list(stop_token_ids or []):
@@ -50,7 +50,7 @@ def _stop_ids(tokenizer, stop_token_ids: Sequence[int] | None) -> list[int]:  # 
     return ids
 
 
-def _encode(tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str]) -> list[list[int]]:  # noqa: ANN001
+def _encode(tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str]) -> list[list[int]]:
     out: list[list[int]] = []
     for p in prompts:
         if isinstance(p, str):
@@ -65,7 +65,7 @@ def _encode(tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str]) -> list
 
 
 def _finish(tokenizer, prompt_ids: list[int], generated: list[int], stops: list[int], pad_id: int | None,
-            max_new_tokens: int) -> Completion:  # noqa: ANN001
+            max_new_tokens: int) -> Completion:
     cut = next((i for i, t in enumerate(generated) if t in stops), None)
     if cut is None:
         response = generated[:max_new_tokens]
@@ -80,7 +80,7 @@ def _finish(tokenizer, prompt_ids: list[int], generated: list[int], stops: list[
     return Completion(prompt_ids=prompt_ids, response_ids=response, text=text, finished=finished)
 
 
-def _use_vllm(model, backend: str) -> bool:  # noqa: ANN001
+def _use_vllm(model, backend: str) -> bool:
     if backend == "hf":
         return False
     wanted = backend == "vllm" or os.environ.get("REPRO_GENERATION_BACKEND") == "vllm"
@@ -103,11 +103,10 @@ def _use_vllm(model, backend: str) -> bool:  # noqa: ANN001
     return available
 
 
-def load_for_generation(path: str | Path):  # noqa: ANN201
+def load_for_generation(path: str | Path):
     """A causal LM from a local checkpoint directory, in eval mode (float32 on CPU)."""
     import torch
     from transformers import AutoModelForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # `--json` runs keep stderr for the one-line errors
@@ -118,7 +117,7 @@ def load_for_generation(path: str | Path):  # noqa: ANN201
     return model.eval()
 
 
-def generate(model, tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str], *, max_new_tokens: int,  # noqa: ANN001
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str], *, max_new_tokens: int,
              temperature: float = 0.0, seed: int = 0, batch_size: int = 16,
              stop_token_ids: Sequence[int] | None = None, backend: str = "auto") -> list[Completion]:
     """Complete every prompt; returns Completions in the order of `prompts`.
@@ -146,7 +145,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str],
                         seed=seed, batch_size=batch_size, stops=stops)
 
 
-def _generate_hf(model, tokenizer, encoded: list[list[int]], *, max_new_tokens: int, temperature: float,  # noqa: ANN001
+def _generate_hf(model, tokenizer, encoded: list[list[int]], *, max_new_tokens: int, temperature: float,
                  seed: int, batch_size: int, stops: list[int]) -> list[Completion]:
     import torch
     from transformers import GenerationConfig
@@ -191,7 +190,7 @@ def _generate_hf(model, tokenizer, encoded: list[list[int]], *, max_new_tokens: 
 _VLLM_ENGINES: dict[str, Any] = {}
 
 
-def _generate_vllm(path: str, tokenizer, encoded: list[list[int]], *, max_new_tokens: int, temperature: float,  # noqa: ANN001
+def _generate_vllm(path: str, tokenizer, encoded: list[list[int]], *, max_new_tokens: int, temperature: float,
                    seed: int, stops: list[int]) -> list[Completion]:
     from vllm import LLM, SamplingParams  # lazy: heavy, GPU-only
 

@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry import derive
+from registry import derive, values
 from registry.errors import ReproError, nearest
 from registry.recipes import Registry
-from registry import values
 from registry.schema import CANONICAL_KEYS, Recipe, Stage
 from runner import smoke, switches
 
@@ -187,7 +186,7 @@ def _reference_mode(stage: Stage) -> str | None:
     return "cached" if "cache" in entry else "live"
 
 
-def _smoke_stage_specific(stage: Stage, hps: dict[str, Any], recorded: dict[str, Any], override) -> None:  # noqa: ANN001
+def _smoke_stage_specific(stage: Stage, hps: dict[str, Any], recorded: dict[str, Any], override) -> None:
     if stage.name == "pretrain":
         steps = hps["train_steps"]
         fraction = recorded.get("decay_fraction")

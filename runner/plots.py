@@ -14,7 +14,7 @@ CURVE_KEYS = ("loss", "lr", "grad_norm", "rewards_accuracy", "rewards_margin", "
               "non_stop_rate", "response_length", "loss_web", "loss_code", "loss_math")
 
 
-def _pyplot():  # noqa: ANN202
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +63,7 @@ def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[int], l
     return updates, points, label if stride == 1 else label + f" (every {stride} updates)"
 
 
-def _smoke_examples(plan) -> int:  # noqa: ANN001
+def _smoke_examples(plan) -> int:
     """How many training examples the smoke stage forms from its data, encoded as the stage encodes it (SFT
     packs rows into blocks; DPO drops and the RM filters over-long pairs)."""
     from runner.stagekit import fixture_tokenizer, train_rows
@@ -84,7 +84,7 @@ def _smoke_examples(plan) -> int:  # noqa: ANN001
     return len(rows)
 
 
-def schedule_figure(recipe: str, stage: str, profile: str):  # noqa: ANN201
+def schedule_figure(recipe: str, stage: str, profile: str):
     """The schedule as a matplotlib figure (the caller saves and closes it)."""
     updates, points, label = schedule_points(recipe, stage, profile)
     plt = _pyplot()

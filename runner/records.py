@@ -28,8 +28,16 @@ from registry.database import session_scope
 from registry.db import RunRow, utcnow
 from registry.errors import ReproError, RunFailed
 from registry.hashing import dvc_hash
-from registry.queries import (add_edges, add_run, add_run_metrics, mark_stale_runs, register_run_checkpoint,
-                              replace_run_series, step_series, update_run)
+from registry.queries import (
+    add_edges,
+    add_run,
+    add_run_metrics,
+    mark_stale_runs,
+    register_run_checkpoint,
+    replace_run_series,
+    step_series,
+    update_run,
+)
 from registry.run_status import pid_alive
 from runner.plan import RunPlan, runs_root
 
@@ -257,7 +265,7 @@ def start_run(plan: RunPlan, inputs: dict[str, Any], output_dir: Path | None = N
     return record
 
 
-def _add_edges(session, edges) -> None:  # noqa: ANN001
+def _add_edges(session, edges) -> None:
     # Skips edges already recorded, refuses one that would close a cycle, stores paths relative to the runs root.
     add_edges(session, edges)
 
@@ -363,7 +371,7 @@ def import_run(run_dir: Path) -> bool:
         if get_run(session, data["run_id"]) is not None:
             return False
 
-        def when(text: str | None):  # noqa: ANN202
+        def when(text: str | None):
             return datetime.fromisoformat(text) if text else None
 
         row = RunRow(id=data["run_id"], recipe=data["recipe"], stage=data["stage"], profile=data["profile"],

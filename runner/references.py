@@ -15,7 +15,6 @@ import json
 import sys
 from typing import Any
 
-
 # The suites each smoke stage is evaluated with (fixture data, greedy, 0-shot).
 SUITES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tulu3", "sft"): ("verifiers",),

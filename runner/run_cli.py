@@ -270,7 +270,7 @@ def _recorded_options(plan: Any, reg: Any, hub_mirror: Path | None, precision: s
     return mirror
 
 
-def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):  # noqa: ANN202
+def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):
     """The run `--resume` continues: the newest interrupted run of this stage, or the run named by id.
 
     A failed run is resumed only when named: it may have failed on bad input, and continuing it silently
@@ -314,13 +314,13 @@ class _progress:
     The stage reports its update count through `total()` once it knows it (SmolLM2 SFT packs its
     rows, so only the encoded data tell): rich needs the total for the bar and the ETA."""
 
-    def __init__(self, plan, quiet: bool) -> None:  # noqa: ANN001
+    def __init__(self, plan, quiet: bool) -> None:
         self.plan, self.quiet = plan, quiet or not sys.stderr.isatty()
         self.bar = None
         self.updates: int | None = None
         self.started = False
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         if self.quiet:
             return None
         from rich.console import Console
@@ -348,12 +348,12 @@ class _progress:
             return
         self.bar.update(self.task, completed=metrics["step"], info=info)
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
-def _print_plan(plan, doc: dict[str, Any]) -> None:  # noqa: ANN001
+def _print_plan(plan, doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     out = console()

@@ -103,7 +103,7 @@ class Trainer:
     """Runs updates; the stage supplies the loss of one micro-batch."""
 
     def __init__(self, params: list[torch.nn.Parameter], config: LoopConfig, state_dir: Path,
-                 modules: dict[str, torch.nn.Module], accelerator=None, wrapped=None) -> None:  # noqa: ANN001
+                 modules: dict[str, torch.nn.Module], accelerator=None, wrapped=None) -> None:
         self.config = config
         self.modules = modules  # what resumable state saves (unwrapped modules)
         self.state_dir = state_dir
@@ -277,7 +277,7 @@ class Trainer:
         return out
 
 
-def uses_deepspeed(accelerator) -> bool:  # noqa: ANN001
+def uses_deepspeed(accelerator) -> bool:
     return getattr(getattr(accelerator, "distributed_type", None), "value", None) == "DEEPSPEED"
 
 
@@ -302,7 +302,7 @@ def require_finite(metrics: StepMetrics) -> None:
 def run_updates(trainer: Trainer, loss_fn: LossFn, batches_for: Callable[[int], list[list[dict[str, Any]]]],
                 on_step: Callable[[StepMetrics], None], save_extra: Callable[[], dict[str, Any]],
                 progress=None, on_state: Callable[[dict[str, Any]], None] | None = None,
-                ) -> Iterator[StepMetrics]:  # noqa: ANN001
+                ) -> Iterator[StepMetrics]:
     """Drive updates from trainer.update to total_updates, saving resumable state every few updates;
     `on_state` receives each saved state's reference (the run record keeps it)."""
     cfg = trainer.config

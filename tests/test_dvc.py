@@ -29,7 +29,7 @@ LEAVES = [f"{recipe}-{stages[-1]}" for recipe, stages in PIPELINES.items()]
 BIN = Path(sys.executable).parent
 
 
-def _yaml():  # noqa: ANN202
+def _yaml():
     return pytest.importorskip("yaml")
 
 
@@ -232,10 +232,10 @@ def test_record_fixture_versions_is_idempotent(tmp_path: Path, db_url: str) -> N
     from registry.database import session_scope
     from registry.db import DatasetRow, DatasetVersionRow
     from registry.dvc_versions import record_fixture_versions
-    from runner.smoke import fixture_paths
     from registry.hashing import dvc_hash
     from registry.recipes import load_recipes
     from registry.sync import sync
+    from runner.smoke import fixture_paths
 
     url = db_url
     paths = fixture_paths()
@@ -334,7 +334,7 @@ def _artifacts(project: Project) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     if not (BIN / "dvc").exists():

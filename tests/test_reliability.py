@@ -90,7 +90,7 @@ def test_bad_option_is_refused_before_anything_is_written(cli, isolated_home, ar
     _nothing_written(cli, isolated_home)
 
 
-def _recipes_with(tmp_path: Path, edit) -> Path:  # noqa: ANN001
+def _recipes_with(tmp_path: Path, edit) -> Path:
     raw = json.loads((ROOT / "recipes.json").read_text())
     edit(raw)
     path = tmp_path / "recipes.json"
@@ -98,7 +98,7 @@ def _recipes_with(tmp_path: Path, edit) -> Path:  # noqa: ANN001
     return path
 
 
-def _set_lr(value):  # noqa: ANN001, ANN202
+def _set_lr(value):
     def edit(raw: dict) -> None:
         raw["recipes"]["tulu3-8b"]["stages"][0]["hyperparameters"]["learning_rate"]["value"] = value
     return edit
@@ -302,7 +302,7 @@ class _Exploit:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 

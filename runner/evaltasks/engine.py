@@ -41,7 +41,7 @@ def common_prefix(seqs: Iterable[Sequence[int]]) -> list[int]:
 class Progress:
     """One line on stderr, rewritten: items done, items/s and the ETA."""
 
-    def __init__(self, label: str, total: int, stream=None, enabled: bool = True):  # noqa: ANN001
+    def __init__(self, label: str, total: int, stream=None, enabled: bool = True):
         self.label, self.total, self.done = label, total, 0
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
@@ -76,7 +76,7 @@ class _Placed:
 class LoglikelihoodScorer:
     """Sum of log-probabilities of each continuation given its context (float64 sums)."""
 
-    def __init__(self, model, max_length: int = 2048, row_tokens: int = 768, rows_per_batch: int = 4):  # noqa: ANN001
+    def __init__(self, model, max_length: int = 2048, row_tokens: int = 768, rows_per_batch: int = 4):
         self.model = model
         self.max_length = max_length
         self.row_tokens = row_tokens
@@ -137,7 +137,7 @@ class LoglikelihoodScorer:
                     progress(len(new))
         return results
 
-    def _run(self, batch_rows: list[list[int]], pieces, prefix: list[int]):  # noqa: ANN001, ANN202
+    def _run(self, batch_rows: list[list[int]], pieces, prefix: list[int]):
         import torch
 
         P = len(prefix)
@@ -202,7 +202,7 @@ class LoglikelihoodScorer:
         return out, len(batch_rows)
 
 
-def score_naive(model, groups: Sequence[Group], max_length: int = 2048) -> list[list[float]]:  # noqa: ANN001
+def score_naive(model, groups: Sequence[Group], max_length: int = 2048) -> list[list[float]]:
     """Reference implementation: one forward per `context + choice`, no sharing (tests compare with it)."""
     import torch
 
@@ -224,7 +224,7 @@ def score_naive(model, groups: Sequence[Group], max_length: int = 2048) -> list[
 class Generator:
     """Greedy generation in batches (left padding), longest prompts first."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = 2048):  # noqa: ANN001
+    def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = 2048):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
 

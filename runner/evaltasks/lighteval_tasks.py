@@ -220,7 +220,7 @@ def select(docs: list[Any], limit: int | None, seed: int = SHUFFLE_SEED) -> tupl
     return order[:n], rnd
 
 
-def context(doc: Doc, fewshot: list[Doc], tokenizer, use_chat_template: bool) -> str:  # noqa: ANN001
+def context(doc: Doc, fewshot: list[Doc], tokenizer, use_chat_template: bool) -> str:
     """prompt_manager.get_examples (no system prompt)."""
     instruction = doc.instruction or ""
     if not doc.query.startswith(instruction):
@@ -243,7 +243,7 @@ def context(doc: Doc, fewshot: list[Doc], tokenizer, use_chat_template: bool) ->
     return "" if out == "\n\n" else out
 
 
-def encode_pair(tokenizer, ctx: str, continuation: str) -> tuple[list[int], list[int]]:  # noqa: ANN001
+def encode_pair(tokenizer, ctx: str, continuation: str) -> tuple[list[int], list[int]]:
     """abstract_model.tok_encode_pair with pairwise=False; special tokens as the vLLM config adds them."""
     n_spaces = len(ctx) - len(ctx.rstrip())
     if n_spaces > 0:
@@ -258,7 +258,7 @@ def encode_pair(tokenizer, ctx: str, continuation: str) -> tuple[list[int], list
     return ctx_enc, whole[n:]
 
 
-def loglikelihood_group(tokenizer, ctx: str, choices: list[str]) -> tuple[list[int], list[list[int]]]:  # noqa: ANN001
+def loglikelihood_group(tokenizer, ctx: str, choices: list[str]) -> tuple[list[int], list[list[int]]]:
     if ctx == "":  # vllm_model.loglikelihood: an empty context is the EOS token
         return [tokenizer.eos_token_id], [tokenizer.encode(c, add_special_tokens=True) for c in choices]
     pairs = [encode_pair(tokenizer, ctx, c) for c in choices]

@@ -103,7 +103,7 @@ def model_hash(model_dir: Path) -> str:
     return dvc_hash(model_dir)
 
 
-def load_model(model_dir: Path, dtype: str = "float32", threads: int | None = None):  # noqa: ANN201
+def load_model(model_dir: Path, dtype: str = "float32", threads: int | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -131,7 +131,7 @@ def _fewshot_pool(task: lt.LightevalTask, part_docs: list[lt.Doc]) -> tuple[list
                        "lighteval samples from is not in the offline data mirror)")
 
 
-def run_task(task: lt.LightevalTask, model, tokenizer, *, limit: int | None, progress: bool = True,  # noqa: ANN001
+def run_task(task: lt.LightevalTask, model, tokenizer, *, limit: int | None, progress: bool = True,
              row_tokens: int = 768, gen_batch: int = 8) -> dict[str, Any]:
     from runner.evaltasks.engine import Generator, LoglikelihoodScorer, Progress
 

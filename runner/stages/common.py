@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from runner import schedules
+from runner.records import commit_state, heartbeat
 from runner.stagekit import StageContext, report_total, tensorboard_writer
 from runner.trainer import LoopConfig, Trainer, epoch_order, micro_batches, run_updates, updates_for
-from runner.records import commit_state, heartbeat
 
 
-def warmup_convention(plan) -> str:  # noqa: ANN001
+def warmup_convention(plan) -> str:
     # open-instruct floors int(T·ratio); the HF Trainer (TRL / alignment-handbook) ceils.
     return "open-instruct" if plan.family == "tulu3" else "hf-trainer"
 
@@ -27,7 +27,7 @@ class ScheduleSpec:
     wsd: dict[str, Any]
 
 
-def schedule_spec(plan, num_examples: int | None, total_updates: int | None, world: int) -> ScheduleSpec:  # noqa: ANN001
+def schedule_spec(plan, num_examples: int | None, total_updates: int | None, world: int) -> ScheduleSpec:
     pd = plan.hp("per_device_batch_size", 1)
     ga = plan.hp("gradient_accumulation_steps", 1)
     epochs = int(plan.hp("epochs", 1))

@@ -24,13 +24,24 @@ import torch
 
 from runner import losses, switches
 from runner.data import masking
-from runner.stagekit import (StageContext, init_model, input_path, load_causal_lm, load_rows, load_tokenizer,
-                             on_device, save_checkpoint, set_determinism, train_rows, write_metrics_file)
+from runner.stagekit import (
+    StageContext,
+    init_model,
+    input_path,
+    load_causal_lm,
+    load_rows,
+    load_tokenizer,
+    on_device,
+    save_checkpoint,
+    set_determinism,
+    train_rows,
+    write_metrics_file,
+)
 from runner.stages.common import build_trainer, drive, loop_config
 from runner.trainer import epoch_order, micro_batches
 
 
-def encode_pairs(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict[str, list[int]]], int]:  # noqa: ANN001
+def encode_pairs(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict[str, list[int]]], int]:
     out, dropped = [], 0
     for row in rows:
         if plan.family == "tulu3":
@@ -63,7 +74,7 @@ def trl012_width(prompt_lengths: list[int], completion_lengths: list[int], max_l
     return width if max_length is None else min(width, max_length)
 
 
-def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, average: bool,  # noqa: ANN001
+def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, average: bool,
                        trl012_max_length: int | None | bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair log-probs of chosen and rejected from one forward over both (as upstream batches them).
 
@@ -87,7 +98,7 @@ def concatenated_logps(model, batch: list[dict[str, list[int]]], pad: int, avera
 CACHE_PAIRS_PER_FORWARD = 32
 
 
-def reference_cache(model, pairs: list[dict[str, list[int]]], needed: list[int], pad: int,  # noqa: ANN001
+def reference_cache(model, pairs: list[dict[str, list[int]]], needed: list[int], pad: int,
                     average: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Reference log-probs of the needed pairs, as the live reference computes them one pair per forward.
 
@@ -243,7 +254,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _heldout(plan, policy, reference, tokenizer, beta: float, loss_type: str, average: bool) -> dict[str, float]:  # noqa: ANN001
+def _heldout(plan, policy, reference, tokenizer, beta: float, loss_type: str, average: bool) -> dict[str, float]:
     pairs, _ = encode_pairs(plan, load_rows(plan.heldout), tokenizer)
     pad = tokenizer.pad_token_id
     correct, margins, total_loss = 0, 0.0, 0.0

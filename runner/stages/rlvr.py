@@ -22,7 +22,6 @@ Per training step (tulu3.md §2.4, semantics.md "PPO"):
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +34,25 @@ from runner import losses, schedules, state, verifiers
 from runner.data import hub
 from runner.data.templates import render
 from runner.generation import generate
-from runner.stagekit import (StageContext, input_path, load_causal_lm, load_rows, load_tokenizer, report_total,
-                             save_checkpoint, set_determinism, write_metrics_file)
+from runner.records import commit_state, heartbeat
+from runner.stagekit import (
+    StageContext,
+    input_path,
+    load_causal_lm,
+    load_rows,
+    load_tokenizer,
+    report_total,
+    save_checkpoint,
+    set_determinism,
+    write_metrics_file,
+)
 from runner.stages.rm import load_reward_model
 from runner.trainer import epoch_order, fault_injection, require_finite
-from runner.records import commit_state, heartbeat
 
 LOGIT_EPS = 1e-7  # logits / (T + 1e-7), as the recorded trainer computed log-probs
 
 
-def prompt_rows(plan, tokenizer) -> tuple[list[dict[str, Any]], int]:  # noqa: ANN001
+def prompt_rows(plan, tokenizer) -> tuple[list[dict[str, Any]], int]:
     """Prompts in the RLVR schema, rendered with the generation prompt; over-long ones filtered and counted."""
     rows, filtered = [], 0
     max_prompt = plan.hp("max_prompt_length")
@@ -69,19 +77,19 @@ def _forward_positions(ids: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - mask).clamp(min=0)}
 
 
-def response_logps(model, query_response: torch.Tensor, context: int, pad: int, temperature: float) -> torch.Tensor:  # noqa: ANN001
+def response_logps(model, query_response: torch.Tensor, context: int, pad: int, temperature: float) -> torch.Tensor:
     logits = model(**_forward_positions(query_response, pad)).logits[:, context - 1:-1]
     logits = logits / (temperature + LOGIT_EPS)
     return torch.gather(torch.log_softmax(logits.float(), -1), 2, query_response[:, context:].unsqueeze(-1)).squeeze(-1)
 
 
-def token_values(value_model, query_response: torch.Tensor, context: int, pad: int) -> torch.Tensor:  # noqa: ANN001
+def token_values(value_model, query_response: torch.Tensor, context: int, pad: int) -> torch.Tensor:
     backbone = getattr(value_model, "module", value_model)
     hidden = backbone.model(**_forward_positions(query_response, pad)).last_hidden_state
     return backbone.score(hidden).squeeze(-1)[:, context - 1:-1]
 
 
-def rm_scores(reward_model, query_response: torch.Tensor, pad: int) -> torch.Tensor:  # noqa: ANN001
+def rm_scores(reward_model, query_response: torch.Tensor, pad: int) -> torch.Tensor:
     hidden = reward_model.model(**_forward_positions(query_response, pad)).last_hidden_state
     scores = reward_model.score(hidden).squeeze(-1)
     # The last non-pad token: queries are left-padded, so look for the first pad after the context.
@@ -94,7 +102,7 @@ class GenerationEngine:
     """The sampling copy of the policy (the recorded run's vLLM engine); gets the learner's weights after
     each update. A plain object in-process, a Ray actor under runner.ray_rlvr."""
 
-    def __init__(self, plan, policy_path: str) -> None:  # noqa: ANN001
+    def __init__(self, plan, policy_path: str) -> None:
         set_determinism(plan.hp("seed", 0))
         self.plan = plan
         self.tokenizer = load_tokenizer(Path(policy_path), plan)
@@ -118,7 +126,7 @@ class GenerationEngine:
 class Learner:
     """Policy and value training, the frozen reference and reward models, scoring: all but sampling."""
 
-    def __init__(self, plan, paths: dict[str, str], total_opt: int, warmup: int) -> None:  # noqa: ANN001
+    def __init__(self, plan, paths: dict[str, str], total_opt: int, warmup: int) -> None:
         hp = plan.hp
         seed = hp("seed", 0)
         set_determinism(seed)
@@ -243,7 +251,7 @@ class Learner:
         }
 
 
-def final_scores(hp, verified: torch.Tensor, rm: torch.Tensor, has_eos: torch.Tensor,  # noqa: ANN001
+def final_scores(hp, verified: torch.Tensor, rm: torch.Tensor, has_eos: torch.Tensor,
                  last: torch.Tensor) -> torch.Tensor:
     """Step 4 of the module docstring from the plan's settings; `min_response_length` (default 0, as
     recorded) joins the stop test exactly as upstream's `contain_stop_token` does."""
@@ -329,7 +337,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 STATE_EVERY = 5  # PPO steps between resumable-state saves
 
 
-def record_step(ctx: StageContext, metrics: dict[str, float], step: int, steps: int, save) -> None:  # noqa: ANN001
+def record_step(ctx: StageContext, metrics: dict[str, float], step: int, steps: int, save) -> None:
     """Keep one PPO step's metrics; every 5 steps `save(step)` writes the state, which the record keeps."""
     require_finite(metrics)
     ctx.record.steps.append(metrics)
@@ -342,7 +350,7 @@ def record_step(ctx: StageContext, metrics: dict[str, float], step: int, steps: 
     fault_injection(step + 1)
 
 
-def finish(ctx: StageContext, prep: Setup, policy) -> dict[str, Any]:  # noqa: ANN001
+def finish(ctx: StageContext, prep: Setup, policy) -> dict[str, Any]:
     plan, hp = ctx.plan, ctx.plan.hp
     batch, samples = hp("effective_batch_size"), hp("samples_per_prompt", 1)
     rewards = [s["reward_mean"] for s in ctx.record.steps]
@@ -363,7 +371,7 @@ def finish(ctx: StageContext, prep: Setup, policy) -> dict[str, Any]:  # noqa: A
     return final
 
 
-def _load_trained_head(model, path) -> None:  # noqa: ANN001
+def _load_trained_head(model, path) -> None:
     """load_reward_model re-initialises the score head (right for a new RM); value and reward models
     start from the trained RM, head included."""
     from safetensors.torch import load_file
@@ -374,7 +382,7 @@ def _load_trained_head(model, path) -> None:  # noqa: ANN001
 
 
 @torch.no_grad()
-def evaluate_prompts(policy, tokenizer, plan, version: str) -> dict[str, float]:  # noqa: ANN001
+def evaluate_prompts(policy, tokenizer, plan, version: str) -> dict[str, float]:
     """Greedy accuracy on the held-out prompts (the in-loop eval of the recorded run)."""
     rows = load_rows(plan.heldout)
     prompts = [render(r["messages"][:1], plan.chat_template, tokenizer.eos_token, add_generation_prompt=True)

@@ -22,14 +22,24 @@ import torch
 from runner import losses
 from runner.data import masking
 from runner.data.templates import render
-from runner.stagekit import (StageContext, input_path, load_rows, load_tokenizer, model_source, on_device,
-                             save_checkpoint, set_determinism, train_rows, write_metrics_file)
+from runner.stagekit import (
+    StageContext,
+    input_path,
+    load_rows,
+    load_tokenizer,
+    model_source,
+    on_device,
+    save_checkpoint,
+    set_determinism,
+    train_rows,
+    write_metrics_file,
+)
 from runner.stages.common import build_trainer, run_loop
 
 EVAL_ROWS = 100  # reward_modeling.py truncates its eval set to sanity_check_max_samples
 
 
-def load_reward_model(path, seed: int, plan=None, tokenizer=None, revision: str | None = None):  # noqa: ANN001, ANN201
+def load_reward_model(path, seed: int, plan=None, tokenizer=None, revision: str | None = None):
     from transformers import AutoModelForSequenceClassification
 
     if plan is not None and plan.profile == "recorded":
@@ -54,12 +64,12 @@ def load_reward_model(path, seed: int, plan=None, tokenizer=None, revision: str 
     return model
 
 
-def token_limit(plan) -> int:  # noqa: ANN001
+def token_limit(plan) -> int:
     """reward_modeling.py filters pairs longer than this (max_token_length, capped by the prompt limit)."""
     return min(plan.hp("max_seq_length", 2048), plan.hp("max_prompt_length", 2048) or 2048)
 
 
-def encode_pairs(rows: list[dict[str, Any]], tokenizer, template: str, max_tokens: int) -> tuple[list[dict], int]:  # noqa: ANN001
+def encode_pairs(rows: list[dict[str, Any]], tokenizer, template: str, max_tokens: int) -> tuple[list[dict], int]:
     out, filtered = [], 0
     for row in rows:
         sides = {}
@@ -73,7 +83,7 @@ def encode_pairs(rows: list[dict[str, Any]], tokenizer, template: str, max_token
     return out, filtered
 
 
-def pair_scores(model, batch: list[dict[str, list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def pair_scores(model, batch: list[dict[str, list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [{"input_ids": ex[side]} for side in ("chosen", "rejected") for ex in batch]
     ids = on_device(masking.collate(rows, pad), model)["input_ids"]
     backbone = getattr(model, "module", model)

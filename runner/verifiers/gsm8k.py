@@ -46,7 +46,7 @@ def _response_text(response: str) -> str:
     return response.split(MARKER)[-1].strip()
 
 
-def score_release(response: str, ground_truth: str, raise_errors: bool = False) -> float:  # noqa: ARG001 (never raises)
+def score_release(response: str, ground_truth: str, raise_errors: bool = False) -> float:
     text = _response_text(response)
     joined = _REL_COMMA.sub(r"\1\2", text)
     numbers = _REL_NUMBER.findall(joined)

@@ -414,7 +414,7 @@ def _response_text(response: str) -> str:
     return response.split(MARKER)[-1].strip()
 
 
-def score_release(response: str, ground_truth: str, raise_errors: bool = False) -> float:  # noqa: ARG001
+def score_release(response: str, ground_truth: str, raise_errors: bool = False) -> float:
     # verify_math_sample never raised: every parse/compare failure was already caught upstream.
     gt = str(ground_truth)
     budget = Budget()  # one time limit for the whole answer (see math_sympy)

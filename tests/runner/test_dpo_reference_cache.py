@@ -22,7 +22,7 @@ def tulu_pairs():
     return model, pairs, tokenizer.pad_token_id
 
 
-def _per_pair(model, pairs, pad):  # noqa: ANN001, ANN202
+def _per_pair(model, pairs, pad):
     from runner.stages.dpo import concatenated_logps
 
     out = {}
@@ -42,7 +42,7 @@ def test_batched_cache_equals_one_pair_per_forward_bit_for_bit(tulu_pairs):
     calls = []
     real = dpo.concatenated_logps
 
-    def counting(model, batch, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def counting(model, batch, *a, **k):
         calls.append(len(batch))
         return real(model, batch, *a, **k)
 
@@ -66,7 +66,7 @@ def test_a_batch_size_dependent_kernel_falls_back_to_single_pairs(tulu_pairs, mo
     model, pairs, pad = tulu_pairs
     real = dpo.concatenated_logps
 
-    def skewed(model, batch, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def skewed(model, batch, *a, **k):
         c, r = real(model, batch, *a, **k)
         return (c + 1e-3, r) if len(batch) > 1 else (c, r)
 

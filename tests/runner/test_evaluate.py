@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-import typer
 
 from registry.errors import ReproError
 

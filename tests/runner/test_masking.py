@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from runner.data.masking import (
-    IGNORE_INDEX, alignment_handbook_dpo_texts, collate, constant_length_buffers, encode_chatml_sft_text,
-    encode_preference_trl, encode_preference_tulu, encode_sft_example, pack_constant_length, trainable_text,
+    IGNORE_INDEX,
+    alignment_handbook_dpo_texts,
+    collate,
+    constant_length_buffers,
+    encode_chatml_sft_text,
+    encode_preference_trl,
+    encode_preference_tulu,
+    encode_sft_example,
+    pack_constant_length,
+    trainable_text,
 )
 from runner.data.templates import render
 from runner.data.tokenizer import build_tokenizer

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from runner.data.mixer import (
-    MIXER_ORDER_DEVIATION, head_select_indices, hf_shuffle_order, mix_head, mix_release_json, mix_release_list,
+    MIXER_ORDER_DEVIATION,
+    head_select_indices,
+    hf_shuffle_order,
+    mix_head,
+    mix_release_json,
+    mix_release_list,
 )
 
 SOURCES = {"a": [{"id": f"a{i}", "messages": [], "extra": i} for i in range(10)],

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 
 import pytest
-import typer
 
 from registry.errors import ReproError
 from registry.recipes import load_recipes

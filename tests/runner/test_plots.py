@@ -16,8 +16,8 @@ def test_schedule_plot_x_axis_is_the_optimizer_update():
     sample ~147."""
     import matplotlib.pyplot as plt
 
-    from runner.plots import schedule_figure
     from runner import schedules
+    from runner.plots import schedule_figure
 
     fig = schedule_figure("tulu3-8b", "sft", "recorded")
     try:
@@ -86,13 +86,13 @@ def test_progress_reaches_the_bar_from_a_run(cli, monkeypatch):
     seen: list[int] = []
     real_total = run_cli._progress.total
 
-    def spy(self, updates):  # noqa: ANN001, ANN202
+    def spy(self, updates):
         seen.append(updates)
         return real_total(self, updates)
 
     real_init = run_cli._progress.__init__
 
-    def loud(self, plan, quiet):  # noqa: ANN001, ANN202
+    def loud(self, plan, quiet):
         real_init(self, plan, quiet)
         self.quiet = False  # the test's stderr is no terminal
 

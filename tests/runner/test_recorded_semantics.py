@@ -84,7 +84,7 @@ class _Bigram(torch.nn.Module):
         self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0),
                                                     dtype=torch.float64))
 
-    def forward(self, input_ids, attention_mask=None):  # noqa: ANN001
+    def forward(self, input_ids, attention_mask=None):
         return SimpleNamespace(logits=self.table[input_ids])
 
 

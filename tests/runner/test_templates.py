@@ -5,7 +5,12 @@ import itertools
 import pytest
 
 from runner.data.templates import (
-    CHATML_SMOLLM2_JINJA, TEMPLATES, TULU_JINJA, check_template, jinja_template, render,
+    CHATML_SMOLLM2_JINJA,
+    TEMPLATES,
+    TULU_JINJA,
+    check_template,
+    jinja_template,
+    render,
 )
 from runner.data.tokenizer import build_tokenizer
 

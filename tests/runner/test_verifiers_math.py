@@ -308,6 +308,7 @@ def test_linear_scans_match_release_regexes():
 
 def test_ifeval_delimited_count_matches_regex():
     import re
+
     from runner.verifiers.ifeval import _count_delimited
     for s in _random_strings(1):
         assert _count_delimited(s, "*", "*") == len(re.findall(r"\*(.*?)\*", s)), s
