@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import typer
 
 from registry.errors import ReproError, unknown
-from registry.lean import console, emit_json, failure_exit, list_command
+from registry.lean import (
+    console,
+    emit_json,
+    failure_exit,
+    light_lineage,
+    light_runs,
+    lineage_report,
+    list_command,
+    runs_row,
+)
 
 if TYPE_CHECKING:  # registry.recipes brings pydantic and the schema: imported when a command needs it
     from registry.recipes import Registry
@@ -344,25 +353,14 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
                                                     "the whole graph); the output names where it cut."),
                 as_json: bool = JsonOpt):
     """The graph upstream of a checkpoint, run or recipe:stage (or downstream with --downstream)."""
-    from registry.lineage_tree import build_tree, reach, verify_subjects
-
     depth = _depth_option(depth)
     reg = registry()
     # Unbounded walks go through sqlite3/psycopg directly when the database is ready for it (no
-    # SQLAlchemy import in a cold process); anything else takes the SQLAlchemy path below.
-    light = None
-    if depth is None and not (verify and downstream):
-        from registry.light_db import lineage_walk
-
-        light = lineage_walk(reg, target, downstream, with_outputs=verify)
-    if light is not None:
-        from registry.hashing import verify_files
-
-        node, edges, outputs = light
-        tree = build_tree(edges, node, downstream)
-        impacted = reach(edges, node, True) if downstream else []
-        problems = verify_files(verify_subjects(edges + outputs)) if verify else []
-    else:
+    # SQLAlchemy import in a cold process; registry.lean serves these without typer too); anything else
+    # takes the SQLAlchemy path below.
+    answer = light_lineage(reg, target, downstream, verify) if depth is None and not (verify and downstream) \
+        else None
+    if answer is None:
         from registry.lineage import lineage_edges, lineage_tree, reachable
 
         with indexed_session(reg) as session:
@@ -374,38 +372,10 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
                 if downstream else []
             problems = _verify_hashes(session, node, edges if not downstream and depth is None else None) \
                 if verify else []
-    cut = tree.cut_nodes()
-    if as_json:
-        emit_json({"target": node, "direction": "downstream" if downstream else "upstream",
-                   **({"depth": depth, "cut": cut} if depth is not None else {}), "tree": tree.to_json(),
-                   **({"impacted": impacted} if downstream else {}),
-                   **({"verify": problems} if verify else {})})
-    else:
-        from rich.tree import Tree
-
-        def add(branch, child) -> None:  # noqa: ANN001
-            label = child.key + (f"  [dim]({child.relation})[/dim]" if child.relation else "")
-            if child.repeated:
-                label += "  [dim](see above)[/dim]"
-            if child.truncated:
-                label += f"  [yellow](cut at depth {depth})[/yellow]"
-            if child.content_hash:
-                label += f"  [dim]{child.content_hash[:12]}[/dim]"
-            sub = branch.add(label)
-            for grand in child.children:
-                add(sub, grand)
-
-        root = Tree(f"[bold]{tree.key}[/bold] ({'downstream' if downstream else 'upstream'})")
-        for child in tree.children:
-            add(root, child)
-        console().print(root)
-        if cut:
-            sys.stdout.write(f"cut at depth {depth} below {len(cut)} node(s): {', '.join(cut[:5])}"
-                             f"{', …' if len(cut) > 5 else ''}; raise --depth or omit it for the whole graph\n")
-        for p in problems:
-            sys.stderr.write(f"{p['status']}: {p['node']} ({p['detail']})\n")
-    if any(p["status"] != "ok" for p in problems):
-        raise typer.Exit(1)
+        answer = node, tree, impacted, problems
+    code = lineage_report(*answer, downstream=downstream, verify=verify, depth=depth, as_json=as_json)
+    if code:
+        raise typer.Exit(code)
 
 
 def _verify_hashes(session, node: str, upstream_edges=None) -> list[dict[str, str]]:  # noqa: ANN001
@@ -422,40 +392,25 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
              after: Optional[str] = typer.Option(None, "--after", help="the page after this run id (a cursor: "
                                                  "the last id of the previous page)")):
     """The recorded runs, newest first, one page at a time."""
-    import socket
-
-    from registry.light_db import runs_page
-    from registry.run_status import as_utc, pid_alive, stale_reason
-
     reg = registry()  # a broken recipes.json is reported by every command
     if recipe is not None and recipe not in reg.recipes and not recipe.startswith("external"):
         raise unknown("recipe", recipe, reg.recipes)
     if limit < 1 or offset < 0:
         raise ReproError(f"--limit must be ≥ 1 and --offset ≥ 0 (got limit {limit}, offset {offset})")
-    host = socket.gethostname()
+    rows = light_runs(recipe, limit, offset, after)  # sqlite3/psycopg directly: no SQLAlchemy import
+    if rows is None:
+        import socket
 
-    def row(r) -> dict[str, Any]:  # noqa: ANN001
-        # A dead run still recorded as running is reported interrupted without writing it down;
-        # `repro db gc` (or the next `repro run`/`eval`) records it.
-        stale = stale_reason(r, host, pid_alive)
-        return {"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile,
-                "status": "interrupted" if stale else r.status,
-                "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
-                "final_metrics": r.final_metrics, "deviations": r.deviations, "run_dir": r.run_dir,
-                "error": r.error or stale, **({"stale": True} if stale else {})}
-
-    page = runs_page(recipe, limit, offset, after)  # sqlite3/psycopg directly: no SQLAlchemy import
-    if page is not None:
-        rows = [row(r) for r in page]
-    else:
         from registry.database import read_scope, sqlite_file_missing
         from registry.queries import list_runs
 
         if sqlite_file_missing():  # no database yet: no runs, and nothing to create
             rows = []
         else:
+            host = socket.gethostname()
             with read_scope() as session:
-                rows = [row(r) for r in list_runs(session, recipe=recipe, limit=limit, offset=offset, after=after)]
+                rows = [runs_row(r, host) for r in list_runs(session, recipe=recipe, limit=limit, offset=offset,
+                                                              after=after)]
     if as_json:
         return emit_json(rows)
     from rich.table import Table

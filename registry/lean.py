@@ -1,23 +1,28 @@
-"""`repro list` without typer: a lean dispatch for the one read command that needs no schema.
+"""`repro list`, `repro lineage` and `repro runs --json` without typer: a lean dispatch for read commands.
 
 typer (≥ 0.2x builds pydantic adapters for its options) and pydantic cost ~80 ms of a cold process, half of
-`repro list --json`. `serve` takes an argv that only `list` with its own options can mean, and serves it
-with the same code the typer command runs (`list_command`). Anything else (--help, an unknown option, a
-missing value, another command) returns None and goes through typer, so its messages and exit codes stay
-click's.
+`repro list --json` and most of a cold `repro lineage`. `serve` takes an argv that only one of these commands
+with its own options can mean, and serves it with the same code the typer command runs (`list_command`,
+`lineage_report`, `runs_row`). Anything else (--help, an unknown option, a missing value, --depth, another
+command, a database the sqlite3/psycopg path cannot answer from) returns None and goes through typer, so its
+messages and exit codes stay click's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import ReproError, unknown
 
 if TYPE_CHECKING:  # rich is imported only when a table is printed
     from rich.console import Console
+
+    from registry.lineage_tree import LineageNode
 
 
 def emit_json(obj: Any) -> None:
@@ -98,13 +103,191 @@ def failure_exit(exc: Exception) -> int:
 
 def serve(argv: list[str]) -> int | None:
     """The exit code of `repro ARGV` when the lean dispatch serves it, else None (typer serves it)."""
-    parsed = parse_list(argv)
-    if parsed is None:
-        return None
     # As run_app does: the live fallback validates with pydantic, whose plugin scan repro does not need.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    listed, lineage, runs = parse_list(argv), parse_lineage(argv), parse_runs(argv)
+    if listed is None and lineage is None and runs is None:
+        return None
     try:
-        list_command(*parsed)
+        if listed is not None:
+            list_command(*listed)
+            return 0
+        if lineage is not None:
+            target, downstream, verify, as_json = lineage
+            answer = light_lineage(light_registry(), target, downstream, verify)
+            if answer is None:
+                return None
+            return lineage_report(*answer, downstream=downstream, verify=verify, depth=None, as_json=as_json)
+        assert runs is not None
+        light_registry()  # a broken recipes.json is reported by every command, as the typer command does
+        rows = light_runs(None, runs, 0, None)
+        if rows is None:
+            return None
+        emit_json(rows)
+        return 0
     except (ReproError, OSError) as exc:
         return failure_exit(exc)
-    return 0
+
+
+def parse_lineage(argv: list[str]) -> tuple[str, bool, bool, bool] | None:
+    """(target, downstream, verify, as_json) when argv is `lineage TARGET [--downstream] [--verify] [--json]`
+    in any order, an unbounded walk the light path answers; None for anything else (--depth, --help,
+    `--downstream --verify`, which takes the SQLAlchemy path, a second argument, a token starting with "-")."""
+    if not argv or argv[0] != "lineage":
+        return None
+    flags, targets = set(), []
+    for token in argv[1:]:
+        if token in ("--downstream", "--verify", "--json"):
+            flags.add(token)
+        elif token.startswith("-"):
+            return None
+        else:
+            targets.append(token)
+    if len(targets) != 1 or {"--downstream", "--verify"} <= flags:
+        return None
+    return targets[0], "--downstream" in flags, "--verify" in flags, "--json" in flags
+
+
+def parse_runs(argv: list[str]) -> int | None:
+    """The page size when argv is `runs --json [--limit N | --limit=N]` with N ≥ 1 in decimal digits;
+    None for anything else (the table, --recipe, --offset, --after, a value click would refuse)."""
+    if not argv or argv[0] != "runs":
+        return None
+    limit, as_json, rest, i = 50, False, argv[1:], 0
+    while i < len(rest):
+        token, value = rest[i], None
+        if token == "--json":
+            as_json = True
+        elif token.startswith("--limit="):
+            value = token[len("--limit="):]
+        elif token == "--limit" and i + 1 < len(rest):
+            value = rest[i + 1]
+            i += 1
+        else:
+            return None
+        if value is not None:
+            if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
+                return None
+            limit = int(value)
+        i += 1
+    return limit if as_json else None
+
+
+def light_registry() -> Any:
+    """What lineage's target resolution and the database's recipes hash read from recipes.json: from the raw
+    JSON an SQLite database indexes (its sync validated exactly this content), else the validated load
+    (pydantic, still no typer; its errors are the typer command's)."""
+    from registry.light_db import indexed_recipes
+
+    raw = indexed_recipes()
+    if raw is None:
+        from registry.recipes import load_recipes
+
+        return load_recipes()
+    return IndexedRecipes(raw)
+
+
+class IndexedRecipes:
+    """The parts of registry.recipes.Registry that registry.light_db.resolve_node reads, over raw JSON."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.recipes = {name: SimpleNamespace(stage_names=[st["name"] for st in r["stages"]])
+                        for name, r in raw["recipes"].items()}
+        self.model = SimpleNamespace(
+            checkpoints={name: SimpleNamespace(hub_id=c.get("hub_id")) for name, c in raw["checkpoints"].items()},
+            datasets=dict(raw["datasets"]))
+
+    def parse_target(self, target: str) -> tuple[str, str]:
+        """Registry.parse_target: `recipe:stage` -> (recipe, stage), with its messages."""
+        if ":" not in target:
+            raise ReproError(f"expected RECIPE:STAGE, got {target!r} (e.g. tulu3-8b:sft)")
+        recipe, stage = target.split(":", 1)
+        if recipe not in self.recipes:
+            raise unknown("recipe", recipe, self.recipes)
+        if stage not in self.recipes[recipe].stage_names:
+            raise unknown(f"stage for {recipe}", stage, self.recipes[recipe].stage_names)
+        return recipe, stage
+
+
+def light_lineage(reg: Any, target: str, downstream: bool, verify: bool
+                  ) -> tuple[str, LineageNode, list[str], list[dict[str, str]]] | None:
+    """(node, tree, impacted, verify problems) of an unbounded walk through sqlite3/psycopg
+    (registry.light_db.lineage_walk), or None when that path cannot answer (the SQLAlchemy path then does)."""
+    from registry.light_db import lineage_walk
+    from registry.lineage_tree import build_tree, reach, verify_subjects
+
+    light = lineage_walk(reg, target, downstream, with_outputs=verify)
+    if light is None:
+        return None
+    from registry.hashing import verify_files
+
+    node, edges, outputs = light
+    tree = build_tree(edges, node, downstream)
+    impacted = reach(edges, node, True) if downstream else []
+    problems = verify_files(verify_subjects(edges + outputs)) if verify else []
+    return node, tree, impacted, problems
+
+
+def lineage_report(node: str, tree: LineageNode, impacted: list[str], problems: list[dict[str, str]], *,
+                   downstream: bool, verify: bool, depth: int | None, as_json: bool) -> int:
+    """Print `repro lineage`'s answer (JSON, or a rich tree with the verify lines on stderr); the exit code:
+    1 when a re-hashed file differs or is missing."""
+    cut = tree.cut_nodes()
+    if as_json:
+        emit_json({"target": node, "direction": "downstream" if downstream else "upstream",
+                   **({"depth": depth, "cut": cut} if depth is not None else {}), "tree": tree.to_json(),
+                   **({"impacted": impacted} if downstream else {}),
+                   **({"verify": problems} if verify else {})})
+    else:
+        from rich.tree import Tree
+
+        def add(branch: Tree, child: LineageNode) -> None:
+            label = child.key + (f"  [dim]({child.relation})[/dim]" if child.relation else "")
+            if child.repeated:
+                label += "  [dim](see above)[/dim]"
+            if child.truncated:
+                label += f"  [yellow](cut at depth {depth})[/yellow]"
+            if child.content_hash:
+                label += f"  [dim]{child.content_hash[:12]}[/dim]"
+            sub = branch.add(label)
+            for grand in child.children:
+                add(sub, grand)
+
+        root = Tree(f"[bold]{tree.key}[/bold] ({'downstream' if downstream else 'upstream'})")
+        for child in tree.children:
+            add(root, child)
+        console().print(root)
+        if cut:
+            sys.stdout.write(f"cut at depth {depth} below {len(cut)} node(s): {', '.join(cut[:5])}"
+                             f"{', …' if len(cut) > 5 else ''}; raise --depth or omit it for the whole graph\n")
+        for p in problems:
+            sys.stderr.write(f"{p['status']}: {p['node']} ({p['detail']})\n")
+    return 1 if any(p["status"] != "ok" for p in problems) else 0
+
+
+def runs_row(r: Any, host: str) -> dict[str, Any]:
+    """One run as `repro runs` reports it. A dead run still recorded as running is reported interrupted
+    without writing it down; `repro db gc` (or the next `repro run`/`eval`) records it."""
+    from registry.run_status import as_utc, pid_alive, stale_reason
+
+    stale = stale_reason(r, host, pid_alive)
+    return {"id": r.id, "recipe": r.recipe, "stage": r.stage, "profile": r.profile,
+            "status": "interrupted" if stale else r.status,
+            "created_at": as_utc(r.created_at), "finished_at": as_utc(r.finished_at),
+            "final_metrics": r.final_metrics, "deviations": r.deviations, "run_dir": r.run_dir,
+            "error": r.error or stale, **({"stale": True} if stale else {})}
+
+
+def light_runs(recipe: str | None, limit: int, offset: int, after: str | None) -> list[dict[str, Any]] | None:
+    """`repro runs`'s rows through sqlite3/psycopg (registry.light_db.runs_page), or None when that path cannot
+    answer (no database yet, another schema)."""
+    import socket
+
+    from registry.light_db import runs_page
+
+    page = runs_page(recipe, limit, offset, after)
+    if page is None:
+        return None
+    host = socket.gethostname()
+    return [runs_row(r, host) for r in page]
