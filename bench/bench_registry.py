@@ -178,7 +178,8 @@ def main() -> None:
         print(f"\nSUMMARY repro list {lst:.3f} s (live {live:.3f} s, {live / lst:.2f}x; "
               f"target ≤ {TARGET_LIST_S} s: {'MET' if ok_abs else 'MISSED'}), "
               f"{dvc / lst:.1f}x faster than dvc params diff {dvc:.3f} s (target >= {TARGET_VS_DVC}x: "
-              f"{'MET' if ok_rel else 'MISSED'}); repro show {results['repro show tulu3-8b --stage sft --json']:.3f} s; "
+              f"{'MET' if ok_rel else 'MISSED'}); "
+              f"repro show {results['repro show tulu3-8b --stage sft --json']:.3f} s; "
               f"python -c pass {results['python -c pass']:.3f} s")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

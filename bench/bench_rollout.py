@@ -118,7 +118,8 @@ def bench_generation(policy_dir: Path, plan, n_prompts: int, reps: int) -> list[
         for side, name in (("runner", "runner.generation.generate"), ("plain", "plain model.generate loop")):
             secs = statistics.median(times[side])
             print(f"{label:10} {name:28} {secs:8.3f} {tokens[side]:7d} {tokens[side] / secs:9.0f}")
-        ratio = (tokens["runner"] / statistics.median(times["runner"])) / (tokens["plain"] / statistics.median(times["plain"]))
+        ratio = ((tokens["runner"] / statistics.median(times["runner"]))
+                 / (tokens["plain"] / statistics.median(times["plain"])))
         note = f"; greedy responses identical for {same}/{len(encoded)} prompts" if same is not None else ""
         print(f"{label:10} runner / plain tokens/s = {ratio:.2f}x{note}")
         results.append((label, ratio, tokens["runner"] / statistics.median(times["runner"])))

@@ -398,15 +398,18 @@ def main() -> None:
 
         table = {}
         print(f"\n{'run':44} {'seconds':>8} {'tokens':>8} {'tokens/s':>9}")
-        labels = {"sft": "repro sft stage", "trl_sft": "TRL SFTTrainer", "dpo_live": "repro dpo stage, live reference",
-                  "dpo_cached": "repro dpo stage, cached reference (incl. cache)", "trl_dpo": "TRL DPOTrainer (live ref)"}
+        labels = {"sft": "repro sft stage", "trl_sft": "TRL SFTTrainer",
+                  "dpo_live": "repro dpo stage, live reference",
+                  "dpo_cached": "repro dpo stage, cached reference (incl. cache)",
+                  "trl_dpo": "TRL DPOTrainer (live ref)"}
         for name, label in labels.items():
             secs, tokens = med(name)
             table[name] = tokens / secs
             print(f"{label:44} {secs:8.3f} {tokens:8d} {tokens / secs:9.0f}")
         for a, b in (("sft", "trl_sft"), ("dpo_live", "trl_dpo"), ("dpo_cached", "dpo_live")):
             if rows[a][0]["tokens"] != rows[b][0]["tokens"]:
-                print(f"WARNING: token counts differ between {a} and {b}: {rows[a][0]['tokens']} vs {rows[b][0]['tokens']}")
+                print(f"WARNING: token counts differ between {a} and {b}: "
+                      f"{rows[a][0]['tokens']} vs {rows[b][0]['tokens']}")
         cached_setup = statistics.median(r["setup_seconds"] for r in rows["dpo_cached"])
         live_setup = statistics.median(r["setup_seconds"] for r in rows["dpo_live"])
         print(f"(dpo: reference copy + cache before the loop: cached {cached_setup:.3f} s, live {live_setup:.3f} s)")

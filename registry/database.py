@@ -28,7 +28,8 @@ from registry.dbinfo import database_url, default_url  # noqa: F401 - re-exporte
 from registry.errors import ReproError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup", "0003_step_series", "0004_lineage_nodes")  # oldest first; the last one is SCHEMA_REVISION
+# oldest first; the last one is SCHEMA_REVISION
+KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup", "0003_step_series", "0004_lineage_nodes")
 
 
 def safe_url(url: str) -> str:

@@ -38,9 +38,9 @@ def record_fixture_versions(session: Session, paths_by_dataset: Mapping[str, str
     """Add a version (revision "", content_hash = DVC hash) for each dataset's stand-in path; idempotent.
 
     `paths_by_dataset` maps a dataset name (or hub id) to a file or directory (the runner knows which
-    fixture stands in for which dataset: `runner.smoke.fixture_paths()`). Datasets the database does not know (recipes.json not synced, or a
-    name it lacks) and paths that do not exist are skipped. Returns the version rows for
-    the given datasets, existing or new, in input order.
+    fixture stands in for which dataset: `runner.smoke.fixture_paths()`). Datasets the database does not
+    know (recipes.json not synced, or a name it lacks) and paths that do not exist are skipped. Returns
+    the version rows for the given datasets, existing or new, in input order.
     """
     out: list[DatasetVersionRow] = []
     for name, raw_path in paths_by_dataset.items():

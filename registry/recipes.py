@@ -184,7 +184,8 @@ def check_references(model: RecipesFile, raw: dict[str, Any], origin: str) -> No
         order = [allowed.index(n) if n in allowed else -1 for n in names]
         for i, (name, pos) in enumerate(zip(names, order)):
             if pos < 0:
-                fail(f"{base}.stages[{i}].name", f"stage {name!r} is not a {recipe.family} stage (valid: {', '.join(allowed)})")
+                fail(f"{base}.stages[{i}].name",
+                     f"stage {name!r} is not a {recipe.family} stage (valid: {', '.join(allowed)})")
         if order != sorted(order):
             fail(f"{base}.stages", f"stages out of order; expected the order {', '.join(allowed)}")
         for i, stage in enumerate(recipe.stages):

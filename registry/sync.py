@@ -98,7 +98,8 @@ def _sync_datasets(session: Session, datasets: dict[str, Any]) -> list[str]:
             changes.append(f"added dataset {name}")
         else:
             changes.append(f"updated dataset {name}")
-        row.hub_id, row.published, row.content_hash, row.body = body.get("hub_id"), body.get("published", True), digest, body
+        row.hub_id, row.published, row.content_hash, row.body = (
+            body.get("hub_id"), body.get("published", True), digest, body)
         session.flush()
         revision = body.get("revision") or ""
         exists = session.scalar(select(DatasetVersionRow.id).where(

@@ -349,8 +349,9 @@ def published_checkpoint(registry, recipe: str, stage: str) -> str | None:
         st = registry.stage(recipe, stage)
     except ReproError:
         return None
+    checkpoints = registry.model.checkpoints
     with_metrics = [o.checkpoint for o in st.outputs
-                    if registry.model.checkpoints.get(o.checkpoint) and registry.model.checkpoints[o.checkpoint].metrics]
+                    if checkpoints.get(o.checkpoint) and checkpoints[o.checkpoint].metrics]
     public = [c for c in with_metrics if not c.startswith("internal:")]
     return (public or with_metrics or [None])[-1]
 

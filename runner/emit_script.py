@@ -130,7 +130,8 @@ def build(reg: Registry, recipe: str, stage: str, gpus: int | None, nodes: int |
         result = plan_layout(reg, recipe, stage, gpus, nodes=nodes).to_dict()
         if not result["feasible"]:
             raise ReproError(f"no layout on {gpus} GPUs keeps {recipe}:{stage}'s invariants "
-                             f"({', '.join(result['broken'])}); see `repro plan {recipe} --stage {stage} --gpus {gpus}`")
+                             f"({', '.join(result['broken'])}); "
+                             f"see `repro plan {recipe} --stage {stage} --gpus {gpus}`")
         changes, layout = result["changes"], result["layout"]
         recorded_ds = st.layout.deepspeed_config  # only a command that names a config file can have it swapped
         if recorded_ds and layout.get("deepspeed_config") and layout["deepspeed_config"] != recorded_ds:

@@ -144,7 +144,8 @@ def eval_cmd(target: str = typer.Argument(..., help="a run id, a checkpoint name
              data: Optional[str] = typer.Option(None, "--data", help="JSONL eval data (default: the suite's fixture)"),
              reference: Optional[str] = typer.Option(None, "--reference",
                                                      help="reference model for DPO implicit rewards"),
-             profile: str = typer.Option("smoke", "--profile", help="smoke, or recorded (names the published protocol)"),
+             profile: str = typer.Option("smoke", "--profile",
+                                         help="smoke, or recorded (names the published protocol)"),
              chat_template: Optional[str] = typer.Option(None, "--chat-template", help="tulu or chatml"),
              verifier_version: Optional[str] = typer.Option(None, "--verifier-version",
                                                             help="release-2024-11 or corrected (default: the "
@@ -200,7 +201,9 @@ def eval_cmd(target: str = typer.Argument(..., help="a run id, a checkpoint name
         table.add_column(col, overflow="fold")
     for m in result.metrics:
         p = m.protocol
-        stands = f" (stands for {p['published'].get('task') or p['published'].get('harness')})" if "published" in p else ""
+        stands = ""
+        if "published" in p:
+            stands = f" (stands for {p['published'].get('task') or p['published'].get('harness')})"
         table.add_row(m.name, f"{m.value:.4g}", str(p.get("n")), f"{p['settings']}{stands}")
     console().print(table)
 
@@ -371,7 +374,8 @@ def _print_comparison(doc: dict[str, Any]) -> None:
         tol = "—" if m["tolerance"] is None else f"±{m['tolerance']:.3g} ({m['tolerance_source']})"
         se = "—" if m.get("standard_error") is None else f"{m['standard_error']:.2f}"
         table.add_row(m["name"], fmt(round(m["value"], 4)), f"{fmt(m['reference'])} ({m['against']})",
-                      "—" if m.get("n") is None else str(m["n"]), se, f"{m['difference']:+.3g}", tol, f"[{colors[m['verdict']]}]{m['verdict']}[/]", m["reason"] or "")
+                      "—" if m.get("n") is None else str(m["n"]), se, f"{m['difference']:+.3g}", tol,
+                      f"[{colors[m['verdict']]}]{m['verdict']}[/]", m["reason"] or "")
     if doc["metrics"]:
         out.print(table)
     if doc["no_counterpart"]:

@@ -29,8 +29,10 @@ from runner.data.fixtures import file_sha256
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SUITES = ("verifiers", "gsm8k", "math", "ifeval", "preference", "heldout")
 PROFILES = ("smoke", "recorded")
-VERIFIER_TASKS = {"gsm8k": "GSM8K", "math": "MATH", "ifeval": "IFEval"}  # task -> metric (= published benchmark name)
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# task -> metric (= published benchmark name)
+VERIFIER_TASKS = {"gsm8k": "GSM8K", "math": "MATH", "ifeval": "IFEval"}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 # What each suite stands for in the recorded profile: the published protocol (exactly the fields the
 # registry's published metric states, minus the printed `settings` text) and the dataset it loads online.
@@ -251,7 +253,8 @@ def _protocol(suite: str, task: str, data: Path, sha: str, n: int, metric: str, 
 
 def run_suite(suite: str, model_dir: str | Path, *, data: str | Path | None = None,
               reference_dir: str | Path | None = None, profile: str = "smoke", family: str | None = None,
-              chat_template: str | None = None, fallback_template: str | None = None, dpo_loss_type: str = "dpo", verifier_version: str = "release-2024-11",
+              chat_template: str | None = None, fallback_template: str | None = None, dpo_loss_type: str = "dpo",
+              verifier_version: str = "release-2024-11",
               max_new_tokens: int | None = None, batch_size: int = 16, limit: int | None = None,
               seed: int = 0) -> EvalResult:
     """Run one suite on a local checkpoint and return its metrics (nothing is recorded here)."""
@@ -309,7 +312,8 @@ def _verifiers(model_dir: Path, tokenizer, rows, data: Path, sha: str, tasks: li
         raise ReproError(f"{model_dir}: the tokenizer has no chat template; pass --chat-template tulu|chatml")
     picked: list[tuple[int, dict[str, Any], str]] = []
     for n, row in enumerate(rows, 1):
-        if not _messages_ok(row.get("messages")) or "ground_truth" not in row or not isinstance(row.get("dataset"), str):
+        if (not _messages_ok(row.get("messages")) or "ground_truth" not in row
+                or not isinstance(row.get("dataset"), str)):
             raise ReproError(f"{data} row {n}: expected RLVR rows with 'messages', 'ground_truth' and 'dataset'")
         task = row["dataset"].lower()
         if task not in VERIFIER_TASKS:

@@ -76,7 +76,8 @@ class Relief:
         return int(self.offload_optimizer) + int(self.offload_params)
 
 
-def states(params: int, n: int, relief: Relief, grad_bytes: int, trained: bool = True) -> tuple[float, float, float, float]:
+def states(params: int, n: int, relief: Relief, grad_bytes: int,
+           trained: bool = True) -> tuple[float, float, float, float]:
     """(weights, gradients, optimizer, host) bytes per rank for one model."""
     w, g, o = 2.0 * params, float(grad_bytes * params if trained else 0), float(12 * params if trained else 0)
     if relief.zero >= 1:

@@ -148,7 +148,8 @@ def resolve(registry: Registry, recipe_name: str, stage_name: str, profile: str 
     if effective is not None and stage_name not in ("rlvr", "pretrain"):
         override("effective_batch_size", effective, "per_device × accumulation × processes after the changes above")
     if stage_name == "pretrain":
-        seqs = hps.get("per_device_batch_size", 1) * hps.get("num_processes", 1) * hps.get("gradient_accumulation_steps", 1)
+        seqs = (hps.get("per_device_batch_size", 1) * hps.get("num_processes", 1)
+                * hps.get("gradient_accumulation_steps", 1))
         override("effective_batch_size", seqs, "sequences per step after the changes above")
         override("batch_tokens", seqs * hps["max_seq_length"], "tokens per step after the changes above")
         override("train_tokens", seqs * hps["max_seq_length"] * hps["train_steps"], "tokens in the miniature run")

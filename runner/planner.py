@@ -322,7 +322,8 @@ def _invariants(ctx: _Ctx, lay: PlannedLayout, mem: dict[str, Any], gpus: int, p
         out.append(Invariant("effective_batch", recorded, lay.effective_batch_size,
                              lay.effective_batch_size == recorded, f"{ctx.unit} per optimizer step"))
     if ctx.sum_loss:
-        out.append(Invariant("per_device_one_for_sum_loss", 1, lay.per_device_batch_size, lay.per_device_batch_size == 1,
+        out.append(Invariant("per_device_one_for_sum_loss", 1, lay.per_device_batch_size,
+                             lay.per_device_batch_size == 1,
                              "loss_reduction sum: the per-device batch sets the gradient scale"))
     out.append(Invariant("memory_fits", ctx.gpu_mem, mem["total_gb"], bool(mem["fits"]),
                          f"estimated GB per GPU; host offload {mem['host_offload_gb_per_node']} GB per node"))
@@ -442,7 +443,7 @@ def _plan_rlvr(ctx: _Ctx, gpus: int, sizes: list[int], exact_only: bool = False)
             for pd in _pds(ctx, lrbs) if lrbs else []:
                 combos += [(pd, lrbs // pd, r, actors) for r in ctx.ladder]
 
-        def fits(c: tuple) -> bool:
+        def fits(c: tuple, memo: dict = memo) -> bool:  # this TP's memo, bound now
             memo[c] = _estimate(ctx, c[3], c[0], c[2], True, min(rank, c[3]))
             return memo[c]["fits"]
 
@@ -451,7 +452,8 @@ def _plan_rlvr(ctx: _Ctx, gpus: int, sizes: list[int], exact_only: bool = False)
             for actors in range(sum(free), 0, -1):
                 lrbs = max(1, round(rollout / actors))
                 pd = _pds(ctx, lrbs)[0]
-                pick = next(((pd, lrbs // pd, r, actors) for r in ctx.ladder if fits((pd, lrbs // pd, r, actors))), None)
+                pick = next(((pd, lrbs // pd, r, actors) for r in ctx.ladder
+                             if fits((pd, lrbs // pd, r, actors))), None)
                 if pick:
                     break
         if pick is None:
@@ -509,11 +511,13 @@ def _minimum(ctx: _Ctx) -> int | None:
     """Least GPUs holding the model at pd 1 with recomputation and the deepest offload (None: none do)."""
     deepest, extra = ctx.ladder[-1], 0
     if ctx.stage.name == "rlvr":
-        tps = [t for t in (2**k for k in range(12)) if _tp_ok(ctx, t, GPUS_PER_NODE) and _vllm(ctx, t, ctx.batch or 1)["fits"]]
+        tps = [t for t in (2**k for k in range(12))
+               if _tp_ok(ctx, t, GPUS_PER_NODE) and _vllm(ctx, t, ctx.batch or 1)["fits"]]
         if not tps:
             return None
         extra = tps[0]
-    n = next((n for n in range(1, MAX_GPUS) if _estimate(ctx, n, 1, deepest, True, min(n, GPUS_PER_NODE))["fits"]), None)
+    n = next((n for n in range(1, MAX_GPUS)
+              if _estimate(ctx, n, 1, deepest, True, min(n, GPUS_PER_NODE))["fits"]), None)
     return None if n is None else n + extra
 
 

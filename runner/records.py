@@ -163,7 +163,8 @@ def lineage_for(record: RunRecord) -> list[tuple[str, str, str, str | None, str 
         edges.append((parent, node, relation, ref.get("content_hash"), ref.get("path")))
     seen: set[str] = set()
     for ds in plan.datasets + ([plan.heldout] if plan.heldout else []):
-        if ds and ds.get("path") and ds["path"] not in seen and Path(ds["path"]).exists():  # imports may come from elsewhere
+        # imports may come from elsewhere
+        if ds and ds.get("path") and ds["path"] not in seen and Path(ds["path"]).exists():
             seen.add(ds["path"])
             digest = dvc_hash(ds["path"])
             name = ds.get("dataset") or Path(ds["path"]).name

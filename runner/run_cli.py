@@ -299,7 +299,8 @@ def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):
     try:
         record = RunRecord.load(run_dir)
     except (OSError, ValueError, KeyError) as exc:
-        raise ReproError(f"run {found} cannot resume: its record {run_dir / 'run.json'} is unreadable ({exc})") from None
+        raise ReproError(f"run {found} cannot resume: its record {run_dir / 'run.json'} "
+                         f"is unreadable ({exc})") from None
     if not record.artifacts.get("state"):
         from runner.execute import first_state_update
 

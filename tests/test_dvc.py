@@ -294,13 +294,15 @@ class Project:
                     "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "repro tests",
                     "GIT_AUTHOR_EMAIL": "tests@repro.invalid", "GIT_COMMITTER_NAME": "repro tests",
                     "GIT_COMMITTER_EMAIL": "tests@repro.invalid", "PYTHONPATH": str(path)}
-        for key in ("REPRO_DATABASE_URL", "REPRO_RECIPES", "REPRO_RUNS_DIR", "REPRO_FIXTURES", "GIT_DIR", "GIT_WORK_TREE"):
+        for key in ("REPRO_DATABASE_URL", "REPRO_RECIPES", "REPRO_RUNS_DIR", "REPRO_FIXTURES", "GIT_DIR",
+                    "GIT_WORK_TREE"):
             self.env.pop(key, None)
 
     def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
         out = subprocess.run(list(args), cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} exited {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+            raise AssertionError(f"{' '.join(args)} exited {out.returncode}\n"
+                                 f"{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
         return out
 
     def git(self, *args: str) -> subprocess.CompletedProcess:

@@ -82,7 +82,8 @@ def _hf(path: str) -> str:
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("hellaswag:validation", "Rowan/hellaswag", "validation", "hf", (_hf("hellaswag/none/validation"),),
-           10042, ("activity_label", "ctx_a", "ctx_b", "endings", "label"), "Zellers et al. 2019; Rowan/hellaswag card"),
+           10042, ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+           "Zellers et al. 2019; Rowan/hellaswag card"),
     Source("piqa:validation", "ybisk/piqa", "validation", "hf", (_hf("piqa/plain_text/validation"),),
            1838, ("goal", "sol1", "sol2", "label"), "Bisk et al. 2020; ybisk/piqa card"),
     Source("arc_easy:validation", "allenai/ai2_arc", "validation", "hf", (_hf("ai2_arc/ARC-Easy/validation"),),

@@ -163,7 +163,8 @@ class LightevalTask:
 LL, GEN = "loglikelihood", "generation"
 TASKS: dict[str, LightevalTask] = {t.name: t for t in (
     LightevalTask("hellaswag", "HellaSwag", "custom|hellaswag|0|1",
-                  (Part("hellaswag", "hellaswag:validation", "6002345709e0801764318f06bf06ce1e7d1a1fe3", "validation"),),
+                  (Part("hellaswag", "hellaswag:validation", "6002345709e0801764318f06bf06ce1e7d1a1fe3",
+                        "validation"),),
                   prompt_hellaswag, LL, "loglikelihood_acc_norm_nospace"),
     LightevalTask("piqa", "PIQA", "custom|piqa|0|1",
                   (Part("piqa", "piqa:validation", "2e8ac2dffd59bac8c3c6714948f4c551a0848bb0", "validation"),),

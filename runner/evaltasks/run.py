@@ -170,7 +170,7 @@ def run_task(task: lt.LightevalTask, model, tokenizer, *, limit: int | None, pro
                         groups.append(lt.loglikelihood_group(tokenizer, ctx, [c]))
                         owners.append((j, k))
             scores = LoglikelihoodScorer(model, max_length=lt.MAX_MODEL_LENGTH, row_tokens=row_tokens).score(
-                groups, progress=lambda n: bar.advance(min(n, bar.total - bar.done)))
+                groups, progress=lambda n, bar=bar: bar.advance(min(n, bar.total - bar.done)))
             per_doc: list[list[float]] = [[0.0] * len(docs[i].choices) for i in picked]
             for (j, k), s in zip(owners, scores):
                 if k is None:

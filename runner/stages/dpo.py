@@ -238,8 +238,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     policy.eval()
     steps = ctx.record.steps
     final: dict[str, Any] = {
-        "train_loss_first": steps[0]["loss"] if steps else None, "train_loss_last": steps[-1]["loss"] if steps else None,
-        "accuracy_first10": _mean(steps[:10], "rewards_accuracy"), "accuracy_last10": _mean(steps[-10:], "rewards_accuracy"),
+        "train_loss_first": steps[0]["loss"] if steps else None,
+        "train_loss_last": steps[-1]["loss"] if steps else None,
+        "accuracy_first10": _mean(steps[:10], "rewards_accuracy"),
+        "accuracy_last10": _mean(steps[-10:], "rewards_accuracy"),
         "margin_first10": _mean(steps[:10], "rewards_margin"), "margin_last10": _mean(steps[-10:], "rewards_margin"),
         "pairs": len(pairs), "pairs_dropped": dropped, "optimizer_steps": total, "reference": reference_mode,
     }

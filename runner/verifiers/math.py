@@ -144,7 +144,8 @@ def normalize_final_answer(final_answer: str) -> str:
 _THOUSANDS = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+")
 _REMOVED_WORDS = [r for r in _REMOVED if r.isalpha()]
 _REMOVED_OTHER = [r for r in _REMOVED if not r.isalpha()]
-_WORD_RE = re.compile(r"(?<![A-Za-z\\])(?:" + "|".join(sorted(_REMOVED_WORDS, key=len, reverse=True)) + r")(?![A-Za-z])")
+_WORD_RE = re.compile(r"(?<![A-Za-z\\])(?:" + "|".join(sorted(_REMOVED_WORDS, key=len, reverse=True))
+                      + r")(?![A-Za-z])")
 
 
 def normalize_corrected(final_answer: str) -> str:
@@ -393,9 +394,8 @@ def corrected_candidates(text: str) -> list[str]:
     if minerva != INVALID:
         cands += [minerva.strip("$ "), normalize_corrected(minerva)]
     if not cands:
-        last = None
-        for last in _ANSWER_CUE.finditer(text):
-            pass
+        cues = list(_ANSWER_CUE.finditer(text))
+        last = cues[-1] if cues else None
         if last is not None:
             ans = text[last.end():last.end() + 200].split("\n")[0].strip(" \t:").rstrip(".")
             if ans:

@@ -1,9 +1,9 @@
 """Golden curves: each smoke stage's per-step logs, committed under tests/golden/, reproduced on CPU.
 
 A golden file records the fingerprint of the machine that wrote it: torch version, the ATen CPU capability
-in use, the oneDNN ISA cap, the CPU's identity, flags and cache sizes, and the thread count the stages use. On a machine with the same
-fingerprint, the curves reproduce bit for bit (single-threaded float32, seeded data order and init), and the
-test demands exactly that.
+in use, the oneDNN ISA cap, the CPU's identity, flags and cache sizes, and the thread count the stages use.
+On a machine with the same fingerprint, the curves reproduce bit for bit (single-threaded float32, seeded
+data order and init), and the test demands exactly that.
 
 On any other x86-64 CPU, vectorised kernels may sum in another order. A training trajectory amplifies that
 last-bit drift, and how far depends on the stage: measured with ATEN_CPU_CAPABILITY=avx2 against AVX-512

@@ -245,7 +245,8 @@ def test_masked_stats_and_whitening():
     s = math.sqrt(4 + 1e-8)
     # (x − 3)/√(4 + 1e-8) at every position, masked one included
     torch.testing.assert_close(L.masked_whiten(x, mask), t(-2 / s, 0.0, 2 / s, 4 / s).view(2, 2))
-    torch.testing.assert_close(L.masked_whiten(x, mask, shift_mean=False), t(3 - 2 / s, 3.0, 3 + 2 / s, 3 + 4 / s).view(2, 2))
+    torch.testing.assert_close(L.masked_whiten(x, mask, shift_mean=False),
+                               t(3 - 2 / s, 3.0, 3 + 2 / s, 3 + 4 / s).view(2, 2))
     # PPO post-processing zeroes t > ℓ
     torch.testing.assert_close(L.whiten_advantages(x, mask), t(-2 / s, 0.0, 2 / s, 0.0).view(2, 2))
 

@@ -54,7 +54,8 @@ def test_trains_exactly_assistant_content_and_eos(tok):
         if lab != IGNORE_INDEX:
             cur.append(t)
         elif cur:
-            spans.append(tok.decode(cur)); cur = []
+            spans.append(tok.decode(cur))
+            cur = []
     spans.append(tok.decode(cur))
     assert spans == [f"It is four.{eos}", f"red{eos}"]
 
@@ -115,7 +116,8 @@ def test_preference_tulu(tok):
     prompt = [M("user", "What is two plus two?")]
     out = encode_preference_tulu(prompt + [M("assistant", "four")], prompt + [M("assistant", "five")], tok, 2048)
     assert trainable_text({"input_ids": out["chosen_input_ids"], "labels": out["chosen_labels"]}, tok) == f"four{eos}"
-    assert trainable_text({"input_ids": out["rejected_input_ids"], "labels": out["rejected_labels"]}, tok) == f"five{eos}"
+    rejected = {"input_ids": out["rejected_input_ids"], "labels": out["rejected_labels"]}
+    assert trainable_text(rejected, tok) == f"five{eos}"
     header = len(tok(render(prompt, "tulu", eos, True), add_special_tokens=False)["input_ids"])
     long_rej = prompt + [M("assistant", "five")]
     assert encode_preference_tulu(prompt + [M("assistant", "four")], long_rej, tok, header) is None

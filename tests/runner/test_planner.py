@@ -40,7 +40,8 @@ def test_tulu3_8b_sft_on_64_gpus_is_the_recorded_layout(reg):
     assert shape(result) == (64, 1, 2)
     assert result.recorded and result.changes == []
     assert result.layout.num_machines == 8
-    assert (result.layout.zero_stage, result.layout.offload_optimizer, result.layout.offload_params) == (3, False, False)
+    lay = result.layout
+    assert (lay.zero_stage, lay.offload_optimizer, lay.offload_params) == (3, False, False)
     assert 10 < result.memory["total_gb"] < 80  # an 8B full fine-tune with ZeRO-3 over 64 GPUs fits
 
 
@@ -64,7 +65,8 @@ def test_tulu3_70b_rlvr_on_3_nodes_keeps_the_640_prompt_rollout(reg):
 def test_tulu3_70b_rlvr_recorded_count_gives_the_recorded_layout(reg):
     result = plan_layout(reg, "tulu3-70b", "rlvr", 48)
     assert result.recorded
-    assert (result.layout.actor_gpus, result.layout.local_rollout_batch_size, result.layout.vllm_tensor_parallel_size) == (40, 16, 4)
+    lay = result.layout
+    assert (lay.actor_gpus, lay.local_rollout_batch_size, lay.vllm_tensor_parallel_size) == (40, 16, 4)
 
 
 def test_tulu3_8b_dpo_on_one_gpu_fits_only_with_offload(reg):

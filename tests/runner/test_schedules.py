@@ -165,19 +165,19 @@ def test_matches_transformers_schedules():
     """Cross-check against the installed transformers implementation, step by step."""
     tr = pytest.importorskip("transformers.optimization")
 
-    def factors(make, steps):
+    def factors(make, steps, *args):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        return [make(opt).lr_lambdas[0](s) for s in steps]
+        return [make(opt, *args).lr_lambdas[0](s) for s in steps]
 
     steps = range(0, 131)
     for total, warm in ((120, 0), (120, 7), (100, 100)):
-        assert factors(lambda o: tr.get_linear_schedule_with_warmup(o, warm, total), steps) == [
+        assert factors(tr.get_linear_schedule_with_warmup, steps, warm, total) == [
             S.linear_warmup_decay(total, warm)(s) for s in steps
         ]
-        assert factors(lambda o: tr.get_cosine_schedule_with_warmup(o, warm, total), steps) == [
+        assert factors(tr.get_cosine_schedule_with_warmup, steps, warm, total) == [
             S.cosine_warmup(total, warm)(s) for s in steps
         ]
-        assert factors(lambda o: tr.get_constant_schedule_with_warmup(o, warm), steps) == [
+        assert factors(tr.get_constant_schedule_with_warmup, steps, warm) == [
             S.constant(warm)(s) for s in steps
         ]
 

@@ -78,11 +78,13 @@ def test_unknown_task_suggests(bad, suggest):
 
 
 def test_unknown_task_exact_message():
-    with pytest.raises(UnknownVerifierError, match=r"^unknown verifier 'gsm9k'; did you mean 'gsm8k'\? \(valid: gsm8k, math, ifeval\)$"):
+    with pytest.raises(UnknownVerifierError,
+                       match=r"^unknown verifier 'gsm9k'; did you mean 'gsm8k'\? \(valid: gsm8k, math, ifeval\)$"):
         score("gsm9k", "1", "1")
 
 
-@pytest.mark.parametrize("bad,suggest", [("release", "release-2024-11"), ("corected", "corrected"), ("release-2024-12", "release-2024-11")])
+@pytest.mark.parametrize("bad,suggest", [("release", "release-2024-11"), ("corected", "corrected"),
+                                         ("release-2024-12", "release-2024-11")])
 def test_unknown_version_suggests(bad, suggest):
     with pytest.raises(UnknownVerifierError) as e:
         score("gsm8k", "1", "1", bad)
@@ -124,7 +126,8 @@ def test_reward_scales_score():
     assert reward("gsm8k", "42", "42", R, verifier_reward=3.5) == 3.5
 
 
-@pytest.mark.parametrize("gt,ok", [("42", True), (" 42", False), ("abc", False), ("-3", False), ("-2.5", True), ("2.5", True), (42, False)])
+@pytest.mark.parametrize("gt,ok", [("42", True), (" 42", False), ("abc", False), ("-3", False), ("-2.5", True),
+                                   ("2.5", True), (42, False)])
 def test_validate_gsm8k(gt, ok):
     assert (validate_ground_truth("gsm8k", gt) is None) == ok
 

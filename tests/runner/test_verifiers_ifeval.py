@@ -56,7 +56,8 @@ IFEVAL = [
     ("<<My\nTitle>>", gt("validate_title"), 0, 0),
     ("yes", gt("validate_choice", options=["My answer is yes.", "My answer is no."]), 1, 0),
     ("", gt("validate_choice", options=["My answer is yes."]), 1, 0),
-    ("My answer is yes. Because it is.", gt("validate_choice", options=["My answer is yes.", "My answer is no."]), 0, 1),
+    ("My answer is yes. Because it is.",
+     gt("validate_choice", options=["My answer is yes.", "My answer is no."]), 0, 1),
     ("My answer is no.", gt("validate_choice", options=["My answer is yes.", "My answer is no."]), 1, 1),
     ("Apple", gt("validate_choice", options=["A", "B"]), 0, 0),
     ("**bold**", gt("validate_highlighted_sections", N=2), 1, 0),          # empty matches count

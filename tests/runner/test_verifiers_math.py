@@ -279,7 +279,8 @@ def test_math_huge_number_matches_itself():
     assert score("math", r"\boxed{" + big + "}", big, C) == 1.0
 
 
-@pytest.mark.parametrize("gt,ok", [("5", True), (r"\frac{1}{2}", True), ("   ", False), (5, False), ("9" * 2000, False)])
+@pytest.mark.parametrize("gt,ok", [("5", True), (r"\frac{1}{2}", True), ("   ", False), (5, False),
+                                   ("9" * 2000, False)])
 def test_validate_math(gt, ok):
     assert (validate_ground_truth("math", gt) is None) == ok
 
