@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 
-from registry.errors import ReproError, unknown
+from registry.errors import ReproError
 from registry.lean import (
+    check_runs_options,
     console,
     emit_json,
     failure_exit,
@@ -392,11 +393,7 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
              after: Optional[str] = typer.Option(None, "--after", help="the page after this run id (a cursor: "
                                                  "the last id of the previous page)")):
     """The recorded runs, newest first, one page at a time."""
-    reg = registry()  # a broken recipes.json is reported by every command
-    if recipe is not None and recipe not in reg.recipes and not recipe.startswith("external"):
-        raise unknown("recipe", recipe, reg.recipes)
-    if limit < 1 or offset < 0:
-        raise ReproError(f"--limit must be ≥ 1 and --offset ≥ 0 (got limit {limit}, offset {offset})")
+    check_runs_options(registry(), recipe, limit, offset)  # a broken recipes.json is reported by every command
     rows = light_runs(recipe, limit, offset, after)  # sqlite3/psycopg directly: no SQLAlchemy import
     if rows is None:
         import socket

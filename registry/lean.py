@@ -119,8 +119,8 @@ def serve(argv: list[str]) -> int | None:
                 return None
             return lineage_report(*answer, downstream=downstream, verify=verify, depth=None, as_json=as_json)
         assert runs is not None
-        light_registry()  # a broken recipes.json is reported by every command, as the typer command does
-        rows = light_runs(None, runs, 0, None)
+        check_runs_options(light_registry(), runs[0], runs[1], runs[2])
+        rows = light_runs(*runs)
         if rows is None:
             return None
         emit_json(rows)
@@ -148,29 +148,40 @@ def parse_lineage(argv: list[str]) -> tuple[str, bool, bool, bool] | None:
     return targets[0], "--downstream" in flags, "--verify" in flags, "--json" in flags
 
 
-def parse_runs(argv: list[str]) -> int | None:
-    """The page size when argv is `runs --json [--limit N | --limit=N]` with N ≥ 1 in decimal digits;
-    None for anything else (the table, --recipe, --offset, --after, a value click would refuse)."""
+def parse_runs(argv: list[str]) -> tuple[str | None, int, int, str | None] | None:
+    """(recipe, limit, offset, after) when argv is `runs --json [--limit N] [--offset N] [--after ID]
+    [--recipe R]` (each as `--opt V` or `--opt=V`, numbers in decimal digits); None for anything else (the
+    table, a value click would refuse or that starts with "-", an unknown option)."""
     if not argv or argv[0] != "runs":
         return None
-    limit, as_json, rest, i = 50, False, argv[1:], 0
+    values: dict[str, str] = {}
+    as_json, rest, i = False, argv[1:], 0
     while i < len(rest):
-        token, value = rest[i], None
+        token = rest[i]
+        name, eq, value = token.partition("=")
         if token == "--json":
             as_json = True
-        elif token.startswith("--limit="):
-            value = token[len("--limit="):]
-        elif token == "--limit" and i + 1 < len(rest):
-            value = rest[i + 1]
+        elif name in ("--limit", "--offset", "--after", "--recipe") and eq:
+            values[name] = value
+        elif token in ("--limit", "--offset", "--after", "--recipe") and i + 1 < len(rest) \
+                and not rest[i + 1].startswith("-"):
+            values[token] = rest[i + 1]
             i += 1
         else:
             return None
-        if value is not None:
-            if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
-                return None
-            limit = int(value)
         i += 1
-    return limit if as_json else None
+    numbers = [values.get(k, d) for k, d in (("--limit", "50"), ("--offset", "0"))]
+    if not as_json or not all(re.fullmatch(r"[0-9]+", v) for v in numbers):
+        return None
+    return values.get("--recipe"), int(numbers[0]), int(numbers[1]), values.get("--after")
+
+
+def check_runs_options(reg: Any, recipe: str | None, limit: int, offset: int) -> None:
+    """`repro runs`'s checks of its options (shared by the typer command and the lean dispatch)."""
+    if recipe is not None and recipe not in reg.recipes and not recipe.startswith("external"):
+        raise unknown("recipe", recipe, reg.recipes)
+    if limit < 1 or offset < 0:
+        raise ReproError(f"--limit must be ≥ 1 and --offset ≥ 0 (got limit {limit}, offset {offset})")
 
 
 def light_registry() -> Any:

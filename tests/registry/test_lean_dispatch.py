@@ -35,13 +35,20 @@ SERVED = [
     ["runs", "--json"],
     ["runs", "--json", "--limit", "2"],
     ["runs", "--limit=3", "--json"],
+    ["runs", "--json", "--offset", "1", "--limit", "2"],
+    ["runs", "--json", "--recipe", "tulu3-8b"],
+    ["runs", "--json", "--recipe=tulu9"],  # exit 2: unknown recipe
+    ["runs", "--json", "--limit", "2", "--after", "rlvr-2"],
+    ["runs", "--json", "--after", "no-such-run"],  # exit 2
+    ["runs", "--json", "--limit", "0"],  # exit 2
 ]
 
 FALLS_THROUGH = [
     ["lineage", "sft-1", "--depth", "1"], ["lineage", "sft-1", "--help"], ["lineage", "sft-1", "--bogus"],
     ["lineage"], ["lineage", "sft-1", "dpo-1"], ["lineage", "sft-1", "--downstream", "--verify"],
-    ["lineage", "--", "sft-1"], ["runs"], ["runs", "--json", "--limit", "0"], ["runs", "--json", "--limit", "x"],
-    ["runs", "--json", "--limit"], ["runs", "--json", "--offset", "1"], ["runs", "--json", "--recipe", "tulu3-8b"],
+    ["lineage", "--", "sft-1"], ["runs"], ["runs", "--limit", "2"], ["runs", "--json", "--limit", "x"],
+    ["runs", "--json", "--limit"], ["runs", "--json", "--limit", "-1"], ["runs", "--json", "--bogus"],
+    ["runs", "--json", "--help"],
     ["show", "tulu3-8b"],
 ]
 
