@@ -114,7 +114,10 @@ def serve(argv: list[str]) -> int | None:
             return 0
         if lineage is not None:
             target, downstream, verify, as_json = lineage
-            answer = light_lineage(light_registry(), target, downstream, verify)
+            reg = unvalidated_registry()
+            # lineage_walk answers only when the database's recorded recipes hash is this content's (which
+            # its sync validated); else typer's command validates, syncs or says what is wrong.
+            answer = light_lineage(reg, target, downstream, verify) if reg is not None else None
             if answer is None:
                 return None
             return lineage_report(*answer, downstream=downstream, verify=verify, depth=None, as_json=as_json)
@@ -196,6 +199,18 @@ def light_registry() -> Any:
 
         return load_recipes()
     return IndexedRecipes(raw)
+
+
+def unvalidated_registry() -> IndexedRecipes | None:
+    """recipes.json as IndexedRecipes before any validation, for the lineage walk that checks its hash (on
+    PostgreSQL too: that path imports the driver anyway, so the hash check costs no more than a query)."""
+    from registry.light_db import unvalidated_recipes
+
+    raw = unvalidated_recipes()
+    try:
+        return IndexedRecipes(raw) if raw is not None else None
+    except (KeyError, TypeError, AttributeError):  # not the schema's shape: the validating load says why
+        return None
 
 
 class IndexedRecipes:

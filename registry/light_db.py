@@ -183,17 +183,28 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def unvalidated_recipes() -> dict[str, Any] | None:
+    """recipes.json parsed as JSON (duplicate keys refused), or None when it cannot be; trusted only once its
+    hash equals the one a sync recorded after validating it."""
+    import os
+
+    path = Path(os.environ.get("REPRO_RECIPES") or Path(__file__).resolve().parent.parent / "recipes.json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
+    except Exception:  # noqa: BLE001 - unreadable, malformed, nested too deep: the validating load says why
+        return None
+
+
 def indexed_recipes() -> dict[str, Any] | None:
     """recipes.json parsed, without the schema validation, when an SQLite database indexes exactly this
     content (its sync validated it and recorded the hash); None otherwise, and the caller validates.
     (On PostgreSQL, importing the driver costs more than the validation it would save.)"""
-    import os
-
     if not database_url().startswith("sqlite"):
         return None
-    path = Path(os.environ.get("REPRO_RECIPES") or Path(__file__).resolve().parent.parent / "recipes.json")
+    raw = unvalidated_recipes()
+    if raw is None:
+        return None
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
         digest = file_hash(raw)
         db = connect()
     except Exception:  # noqa: BLE001 - unreadable, malformed, nested too deep: the validating load says why

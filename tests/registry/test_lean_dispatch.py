@@ -128,6 +128,28 @@ def test_lean_falls_back_on_a_database_it_cannot_read(db_url, cli, tmp_path, mon
     assert _capture(monkeypatch, lambda: serve(["lineage", "tulu3-8b:sft", "--json"])) == (0, out, "")
 
 
+def test_lean_lineage_trusts_only_the_recipes_file_the_database_indexed(db_url, cli, tmp_path, monkeypatch):
+    """A recipes.json other than the synced one (edited, malformed, another shape) is never read unvalidated:
+    the lean path steps aside and typer's command validates, syncs or says what is wrong."""
+    from registry.lean import serve
+    from registry.recipes import recipes_path
+
+    _smoke_like_chain(db_url, tmp_path)
+    raw = json.loads(recipes_path().read_text(encoding="utf-8"))
+    raw["recipes"]["tulu3-8b"]["notes"] = [*raw["recipes"]["tulu3-8b"].get("notes", [])]
+    raw["sources"] = {**raw["sources"]}
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(raw, indent=1), encoding="utf-8")  # same content: same hash, still served
+    monkeypatch.setenv("REPRO_RECIPES", str(edited))
+    assert _capture(monkeypatch, lambda: serve(["lineage", "sft-1", "--json"]))[0] == 0
+    for text in ("{not json", "[1, 2]", '{"recipes": {"x": {"stages": [{}]}}}',
+                 json.dumps({**raw, "format_version": 2})):
+        edited.write_text(text, encoding="utf-8")
+        assert _capture(monkeypatch, lambda: serve(["lineage", "sft-1", "--json"])) == (None, "", ""), text
+        code, _, err = cli("lineage", "sft-1", "--json")
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (text, err)
+
+
 def test_file_hash_is_the_recipes_content_hash():
     from registry.light_db import file_hash
 
@@ -156,5 +178,5 @@ def test_lean_path_imports_neither_typer_nor_sqlalchemy(db_url, tmp_path, argv):
     assert proc.returncode == (1 if "--verify" in argv else 0), proc.stderr
     modules = proc.stderr.rsplit("MODULES=", 1)[1].strip().split(",")
     assert "typer" not in modules and "sqlalchemy" not in modules, proc.stderr
-    if db_url.startswith("sqlite"):  # the indexed recipes.json needs no validation there
+    if db_url.startswith("sqlite") or argv[0] == "lineage":  # the indexed recipes.json needs no validation
         assert "pydantic" not in modules, proc.stderr
