@@ -103,7 +103,8 @@ class Trainer:
     """Runs updates; the stage supplies the loss of one micro-batch."""
 
     def __init__(self, params: list[torch.nn.Parameter], config: LoopConfig, state_dir: Path,
-                 modules: dict[str, torch.nn.Module], accelerator=None, wrapped=None) -> None:
+                 modules: dict[str, torch.nn.Module], accelerator=None, wrapped=None,
+                 forward: torch.nn.Module | None = None) -> None:
         self.config = config
         self.modules = modules  # what resumable state saves (unwrapped modules)
         self.state_dir = state_dir
@@ -119,7 +120,7 @@ class Trainer:
         self.params = trainable
         self.engine = None  # the DeepSpeed engine, when the accelerator runs DeepSpeed
         if accelerator is not None and uses_deepspeed(accelerator):
-            self._prepare_deepspeed(modules["model"])
+            self._prepare_deepspeed(forward if forward is not None else modules["model"])
 
     def _prepare_deepspeed(self, model: torch.nn.Module) -> None:
         """DeepSpeed needs the optimizer at initialize time, so the Trainer (which owns it) prepares both.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from runner import schedules
 from runner.records import commit_state, heartbeat
 from runner.stagekit import StageContext, report_total, tensorboard_writer
 from runner.trainer import LoopConfig, Trainer, epoch_order, micro_batches, run_updates, updates_for
+
+if TYPE_CHECKING:
+    import torch
 
 
 def warmup_convention(plan) -> str:
@@ -70,12 +73,17 @@ def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int 
 
 
 def build_trainer(ctx: StageContext, modules: dict[str, Any], params: list, num_examples: int | None,
-                  total_updates: int | None = None, cfg: LoopConfig | None = None) -> tuple[Trainer, int]:
+                  total_updates: int | None = None, cfg: LoopConfig | None = None,
+                  forward: torch.nn.Module | None = None) -> tuple[Trainer, int]:
+    """The Trainer of a stage. `forward` is the module whose forward the loss calls, when it is not
+    modules["model"] itself (the RM's PairScorer): that is what accelerate must wrap."""
     cfg = cfg or loop_config(ctx, num_examples, total_updates)
+    target = forward if forward is not None else modules["model"]
     wrapped = None
     if ctx.accelerator is not None:
-        wrapped = ctx.accelerator.prepare(modules["model"])
-    trainer = Trainer(params, cfg, ctx.record.state_dir, modules, accelerator=ctx.accelerator, wrapped=wrapped)
+        wrapped = ctx.accelerator.prepare(target)
+    trainer = Trainer(params, cfg, ctx.record.state_dir, modules, accelerator=ctx.accelerator, wrapped=wrapped,
+                      forward=target)
     return trainer, cfg.run_updates
 
 

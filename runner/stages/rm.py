@@ -83,12 +83,32 @@ def encode_pairs(rows: list[dict[str, Any]], tokenizer, template: str, max_token
     return out, filtered
 
 
-def pair_scores(model, batch: list[dict[str, list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+class PairScorer(torch.nn.Module):
+    """The reward model's score of each row as one module: open-instruct's score at the last non-pad token
+    (the token before the first pad; right padding), from the backbone and the linear head.
+
+    It is this module that accelerate wraps (DDP or a DeepSpeed engine), so the whole scoring runs through the
+    wrapper's forward: calling the backbone and the head around the wrapper trained each process on its own
+    gradient under DDP and left ZeRO-3's partitioned parameters to the hooks of a module it never entered.
+    """
+
+    def __init__(self, model: torch.nn.Module, pad: int) -> None:
+        super().__init__()
+        self.model = model
+        self.pad = pad
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids, attention_mask=(input_ids != self.pad).long()).last_hidden_state
+        return losses.gather_at(self.model.score(hidden).squeeze(-1), losses.last_nonpad_index(input_ids, self.pad))
+
+
+def pair_scores(scorer: torch.nn.Module, batch: list[dict[str, list[int]]], pad: int) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+    """(chosen scores, rejected scores) of a micro-batch, scored in one forward of `scorer` (a PairScorer,
+    or the wrapper accelerate made of it)."""
     rows = [{"input_ids": ex[side]} for side in ("chosen", "rejected") for ex in batch]
-    ids = on_device(masking.collate(rows, pad), model)["input_ids"]
-    backbone = getattr(model, "module", model)
-    hidden = backbone.model(input_ids=ids, attention_mask=(ids != pad).long()).last_hidden_state
-    scores = losses.gather_at(backbone.score(hidden).squeeze(-1), losses.last_nonpad_index(ids, pad))
+    ids = on_device(masking.collate(rows, pad), scorer)["input_ids"]
+    scores = scorer(ids)
     n = len(batch)
     return scores[:n], scores[n:]
 
@@ -109,8 +129,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     pad = tokenizer.pad_token_id
     limit = token_limit(plan)
     pairs, filtered = encode_pairs(train_rows(plan), tokenizer, plan.chat_template, limit)
-    trainer, total = build_trainer(ctx, {"model": model}, list(model.parameters()), len(pairs))
-    net = trainer.wrapped or model
+    scorer = PairScorer(model, pad)
+    trainer, total = build_trainer(ctx, {"model": model}, list(model.parameters()), len(pairs), forward=scorer)
+    net = trainer.wrapped or scorer
 
     def loss_fn(batch: list[dict[str, list[int]]], _index: int):
         chosen, rejected = pair_scores(net, batch, pad)
@@ -129,7 +150,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if plan.heldout:
         held, held_filtered = encode_pairs(load_rows(plan.heldout)[:EVAL_ROWS], tokenizer, plan.chat_template, limit)
         with torch.no_grad():
-            chosen, rejected = pair_scores(model, held, pad)
+            chosen, rejected = pair_scores(scorer, held, pad)
             loss, accuracy = losses.bradley_terry_loss(chosen, rejected)
         final.update({"heldout_accuracy": float(accuracy), "heldout_loss": float(loss), "heldout_pairs": len(held)})
     ctx.record.final_metrics.update(final)
