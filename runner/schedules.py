@@ -2,7 +2,7 @@
 
 Each schedule is a pure function `step -> multiplier` (the LambdaLR factor); the learning
 rate is base_lr · multiplier. Which scheduler step a given optimizer update sees is a
-separate question, answered by `lr_at_update` (semantics.md quirks 1 and 5): both nanotron
+separate question, answered by `lr_at_update` (docs/semantics.md quirks 1 and 5): both nanotron
 and accelerate call `scheduler.step()` after `optimizer.step()`, so update k (1-based) runs
 with factor f((k−1)·N), N = scheduler steps per update (accelerate: num_processes).
 """
@@ -77,7 +77,7 @@ def nanotron_wsd_phases(
     """Resolve nanotron's optional decay arguments to (S, D) the way `lr_scheduler_builder` does.
 
     D = given decay_steps, else T − W − S_given (each term only if it was set; when both are
-        set both are subtracted — semantics.md quirk 2)
+        set both are subtracted — docs/semantics.md quirk 2)
     S = given decay_start, else W (0 if warmup is unset too)
     """
     if decay_steps is None:
@@ -191,7 +191,7 @@ def open_instruct_schedule(script: str, num_examples: int, per_device: int, accu
 
     finetune.py / dpo_tune.py ("sft", "dpo") size T before `accelerator.prepare`, from the un-sharded
     dataloader: T = epochs·⌈⌈n/pd⌉/GA⌉, and the prepared scheduler then steps once per process per update
-    (semantics.md quirk 5). reward_modeling.py ("rm") never hands its scheduler to accelerate: it steps
+    (docs/semantics.md quirk 5). reward_modeling.py ("rm") never hands its scheduler to accelerate: it steps
     once per update over T = ⌊epochs·n / (pd·GA·N)⌋·epochs (total_episodes // batch_size, times the epochs
     again).
     """
@@ -228,7 +228,7 @@ def build_schedule(name: str, total_steps: int, warmup_steps: int, **wsd_kwargs)
     reproduce_lr_squared_bug; num_cycles for cosine.
 
     nanotron's `LRSchedulerArgs.__post_init__` sets an unset `min_decay_lr` to the learning rate itself,
-    so a WSD schedule without min_lr never decays (semantics.md quirk 19)."""
+    so a WSD schedule without min_lr never decays (docs/semantics.md quirk 19)."""
     if name == "linear":
         return linear_warmup_decay(total_steps, warmup_steps)
     if name == "cosine":

@@ -26,7 +26,7 @@ SWITCHES: dict[str, Switch] = {
     "trl_2330_padding": Switch(
         True, lambda family, stage: family == "smollm2" and stage == "dpo",
         on="as TRL 0.12 ran SmolLM2 DPO: the last token of the longest row is dropped when the batch has an "
-           "empty padding column (huggingface/trl#2330, semantics.md quirk 18)",
+           "empty padding column (huggingface/trl#2330, docs/semantics.md quirk 18)",
         off="every token kept (TRL >= 0.13)"),
     "empty_ground_truth_scores_0": Switch(
         True, lambda family, stage: stage == "rlvr",

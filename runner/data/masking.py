@@ -1,7 +1,7 @@
 """Token-level encoding of SFT and preference examples, per recorded recipe.
 
 Tülu 3 (open-instruct 3dd7a07da, `finetune.encode_sft_example`, reused by
-`dpo_tune.py` for both sides; facts/semantics.md "SFT mask", quirks 7-8):
+`dpo_tune.py` for both sides; docs/semantics.md "SFT mask", quirks 7-8):
   the whole conversation is tokenized (add_special_tokens=False, truncated at
   max_seq_length); labels = input_ids; then for every non-assistant message i the
   label span [|tok(render(m[:i]))|, |tok(render(m[:i+1], gen=m[i+1] is assistant))|)

@@ -6,7 +6,7 @@ exist so a tokenizer saved by the runner renders the same text through
 `apply_chat_template` (tests check both agree on many conversations).
 
 tulu (open-instruct `CHAT_TEMPLATES["tulu"]`, dataset_processor.py at 3dd7a07da;
-facts/semantics.md "Template"):
+docs/semantics.md "Template"):
   system/user -> `<|role|>\n{content}\n`; assistant -> `<|assistant|>\n{content}{eos}`
   plus `\n` unless it is the last message; any other role renders nothing; with
   add_generation_prompt, `<|assistant|>\n` follows the last message whatever its

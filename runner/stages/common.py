@@ -38,7 +38,7 @@ def schedule_spec(plan, num_examples: int | None, total_updates: int | None, wor
         total_updates = updates_for(num_examples, pd, ga, world, epochs)
     schedule_steps, steps_per_update = total_updates, 1
     if plan.family == "tulu3" and num_examples is not None and plan.stage in ("sft", "dpo", "rm"):
-        # The schedule's length as each open-instruct script computed it (semantics.md quirks 5 and 20),
+        # The schedule's length as each open-instruct script computed it (docs/semantics.md quirks 5 and 20),
         # which is not the update count this run performs once the data is sharded over several processes.
         schedule_steps, steps_per_update = schedules.open_instruct_schedule(plan.stage, num_examples, pd, ga, world,
                                                                             epochs)

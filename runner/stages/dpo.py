@@ -136,7 +136,7 @@ def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor, family: str) ->
     """The reward statistics of one micro-batch, as the recorded trainer logged them.
 
     open-instruct (tulu3) reduces each side to its micro-batch mean first, so `rewards_accuracy` is
-    1[mean chosen > mean rejected], an accuracy of means (semantics.md quirk 10), and it also logs
+    1[mean chosen > mean rejected], an accuracy of means (docs/semantics.md quirk 10), and it also logs
     `rewards_average` = (mean chosen + mean rejected)/2. TRL (smollm2) logs the per-pair accuracy and no
     average. The trainer then averages each key over the update's micro-batches, as both upstreams do.
     """
@@ -165,7 +165,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     average = loss_type in ("dpo_norm", "simpo")
     pad = tokenizer.pad_token_id
     reference_mode = plan.extra.get("reference_mode") or "live"
-    # TRL 0.12's padding cut, for the SmolLM2 runs it trained (a recorded switch, semantics.md quirk 18)
+    # TRL 0.12's padding cut, for the SmolLM2 runs it trained (a recorded switch, docs/semantics.md quirk 18)
     trl_cut = plan.hp("max_seq_length") if plan.family != "tulu3" and switches.is_on(plan.extra, "trl_2330_padding") \
         else False
 

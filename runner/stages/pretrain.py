@@ -1,6 +1,6 @@
 """SmolLM2 pretraining: causal LM on packed token streams under nanotron's WSD schedule.
 
-As recorded (smollm2.md §1–2, semantics.md): AdamW β = (0.9, 0.95), eps 1e-8,
+As recorded (smollm2.md §1–2, docs/semantics.md): AdamW β = (0.9, 0.95), eps 1e-8,
 weight decay 0.01 on every parameter, clipping 1.0, batch counted in tokens,
 init std from the config, mean token loss. WSD as nanotron steps it: linear
 warmup from 0 (update k uses λ(k−1), so the first update runs at lr 0),

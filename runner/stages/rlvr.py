@@ -1,6 +1,6 @@
 """RLVR: PPO with verifiable rewards, as open-instruct ppo_vllm_thread_ray_gtrl.py @3dd7a07da ran it.
 
-Per training step (tulu3.md §2.4, semantics.md "PPO"):
+Per training step (tulu3.md §2.4, docs/semantics.md "PPO"):
 1. Sample one response per prompt at temperature 1.0 from the generation
    engine, which holds the policy one update behind (async mode: the engine
    generates step t's batch while the learner trains on step t−1's).

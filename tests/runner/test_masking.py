@@ -104,7 +104,7 @@ def test_dropped_rows(tok):
 
 def test_multi_newline_merge_quirk(tok):
     # Llama-3-style pre-tokenizer + a learned "\n\n\n" token: the reply's leading "\n\n"
-    # merges with the header's "\n" into one masked token (semantics.md quirk 8).
+    # merges with the header's "\n" into one masked token (docs/semantics.md quirk 8).
     assert len(tok("\n\n\n", add_special_tokens=False)["input_ids"]) == 1
     eos = tok.eos_token
     enc = encode_sft_example([M("user", "Name a colour."), M("assistant", "\n\nstarts with red")], tok, "tulu", 4096)

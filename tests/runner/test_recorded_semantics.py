@@ -12,7 +12,7 @@ from runner.stages.dpo import reward_metrics
 
 def test_dpo_tulu3_logs_accuracy_of_micro_batch_means():
     # Rewards β(p − r) per pair: chosen (3, −0.5, −0.5), rejected 0. Per pair 1/3 are right; the mean
-    # chosen reward 2/3 beats the mean rejected 0, so open-instruct logs 1.0 (semantics.md quirk 10).
+    # chosen reward 2/3 beats the mean rejected 0, so open-instruct logs 1.0 (docs/semantics.md quirk 10).
     chosen, rejected = torch.tensor([3.0, -0.5, -0.5]), torch.zeros(3)
     tulu = reward_metrics(chosen, rejected, "tulu3")
     assert tulu["rewards_accuracy"] == 1.0
