@@ -101,6 +101,7 @@ def test_dvc_yaml_stages_name_registry_recipes_and_stages() -> None:
     assert set(stages) == expected
 
 
+@pytest.mark.slow
 def test_dvc_yaml_is_generated_from_recipes_json() -> None:
     """dvc.yaml is what pipelines/generate.py writes for the current recipes.json and code layout."""
     out = subprocess.run([sys.executable, str(ROOT / "pipelines" / "generate.py"), "--check"], cwd=ROOT,

@@ -317,6 +317,7 @@ def _killed_run(tmp_path: Path, home: Path, kill_after: int) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_resume_never_unpickles_and_refuses_altered_state(cli, isolated_home, tmp_path):
     run_dir = _killed_run(tmp_path, isolated_home, kill_after=10)
     record = json.loads((run_dir / "run.json").read_text())

@@ -109,6 +109,7 @@ def test_stop_token_ids_end_responses(models):
 # ---------------------------------------------------------------- suites
 
 
+@pytest.mark.slow
 def test_verifier_suite_metrics_and_protocols(models):
     from runner.evaluate import run_suite
 

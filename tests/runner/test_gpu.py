@@ -36,6 +36,7 @@ def published_init():
         pytest.skip(f"published checkpoint unavailable: {exc}")
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_dry_run(published_init):
     proc = _run("--cpu-dry", "--json", "--init", str(published_init), timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -20,6 +20,9 @@ import pytest
 
 from runner.data.fixtures import FIXTURES_ROOT
 
+# Each test trains from the real SmolLM2-135M-Instruct or a recorded-size batch: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def rows(rel: str, n: int | None = None) -> list[dict]:
     lines = (FIXTURES_ROOT / rel).read_text().splitlines()

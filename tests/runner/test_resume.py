@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +117,7 @@ def test_rlvr_killed_and_resumed_equals_uninterrupted(in_smoke_home, smoke_home)
     assert_identical(weights(Path(record["run_dir"])), weights(full_dir))
 
 
+@pytest.mark.slow
 def test_resume_without_an_interrupted_run_is_refused(tmp_path):
     proc = repro(tmp_path / "home", "run", "tulu3-8b", "--stage", "sft", "--profile", "smoke", "--resume")
     assert proc.returncode == 2

@@ -55,6 +55,7 @@ def hand_encode(messages: list[dict], tok, max_len: int) -> dict | None:
     return {"input_ids": ids, "labels": labels}
 
 
+@pytest.mark.slow
 def test_tulu3_sft_first_update_equals_hand_computed_sum_loss():
     from registry.recipes import load_recipes
     from runner.execute import execute, resolve_inputs

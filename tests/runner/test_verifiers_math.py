@@ -224,6 +224,7 @@ def test_time_limit_bounds_the_whole_answer(version):
     assert time.perf_counter() - t0 < MS.TIME_LIMIT_S + MS.KILL_GRACE_S + 1.0
 
 
+@pytest.mark.slow
 def test_thread_safe_from_worker_threads():
     results = {}
 
