@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import ReproError
+from runner.cache import cache_root
 from runner.data.fixtures import file_sha256 as sha256_file
 
 SMOLLM2_135M_INSTRUCT: dict[str, Any] = {
@@ -59,14 +60,6 @@ class PublishedCheckpointError(ReproError):
     """The published checkpoint could not be fetched, verified or converted."""
 
 
-def cache_root() -> Path:
-    """`$REPRO_CACHE`, else the per-user cache directory (platformdirs `user_cache_dir("repro")`)."""
-    env = os.environ.get("REPRO_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("repro"))
 
 
 def _verified(path: Path, expected: str, what: str) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import ReproError
+from runner.cache import cache_root
 
 # TRL's last 0.12 release and, for each library it imports, the last release its pins allow
 # (transformers < 4.47 → 4.46.3, tokenizers < 0.21, huggingface_hub < 1.0) or one from the same weeks.
@@ -48,12 +49,6 @@ class TrlReplayError(ReproError):
     """The TRL 0.12 reference ran and failed."""
 
 
-def cache_root() -> Path:
-    env = os.environ.get("REPRO_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "repro"
 
 
 def torch_pin() -> str:

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from registry.errors import ReproError
+from runner.cache import cache_root
 
 TIME_LIMIT_S = float(os.environ.get("REPRO_MATH_SYMPY_TIMEOUT_S", "5"))
 KILL_GRACE_S = 0.5
@@ -45,12 +46,6 @@ class MathReleaseEnvError(ReproError):
 
 # ----------------------------------------------------------------------------- release site dir
 
-def cache_root() -> Path:
-    env = os.environ.get("REPRO_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "repro"
 
 
 def release_site() -> Path:
