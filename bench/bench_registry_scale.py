@@ -163,9 +163,16 @@ def table_bytes(engine, n: int) -> str:  # noqa: ANN001
         from sqlalchemy import text
 
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT relname, pg_total_relation_size(relid) FROM pg_stat_user_tables "
-                                     "ORDER BY 2 DESC LIMIT 6")).all()
-        return ", ".join(f"{name} {size / n:.0f}" for name, size in rows)
+            rows = conn.execute(text("SELECT relname, pg_total_relation_size(relid), pg_table_size(relid) "
+                                     "FROM pg_stat_user_tables ORDER BY 2 DESC LIMIT 6")).all()
+            indexes = conn.execute(text("SELECT relname, indexrelname, pg_relation_size(indexrelid) "
+                                        "FROM pg_stat_user_indexes")).all()
+        # Each table's total, then its heap (with TOAST) and each index: where the bytes go.
+        parts = []
+        for name, total, heap in rows:
+            own = ", ".join(f"{index} {size / n:.0f}" for table, index, size in indexes if table == name)
+            parts.append(f"{name} {total / n:.0f} (heap {heap / n:.0f}; {own})")
+        return ", ".join(parts)
     if engine.dialect.name != "sqlite":
         return ""
     raw = engine.raw_connection()
