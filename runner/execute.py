@@ -139,8 +139,8 @@ def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord |
             hint = (f"resume from update {step} with `repro run {plan.recipe} --stage {plan.stage} --profile "
                     f"{plan.profile} --resume`")
         else:  # promising --resume here would send the user to a refusal
-            hint = (f"no resumable state was saved yet (the first is saved after update {first_state_update(plan.stage)}"
-                    "); start a new run")
+            first = first_state_update(plan.stage)
+            hint = f"no resumable state was saved yet (the first is saved after update {first}); start a new run"
         finish_run(record, "interrupted", f"interrupted (SIGINT/SIGTERM); {hint}")
         raise RunFailed(f"run {record.run_id} interrupted; {hint}") from None
     except ReproError as exc:

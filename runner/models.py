@@ -266,7 +266,7 @@ def recorded_load(cls: Any, source: str | Path, plan: Any, tokenizer: Any = None
         rows = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > rows:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(plan.hp("seed", 0))
+                torch.manual_seed(plan.seed)
                 model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8, mean_resizing=False)
             plan.extra["embedding_resize"] = {"from": rows, "to": model.get_input_embeddings().weight.shape[0],
                                               "tokenizer": len(tokenizer)}

@@ -61,6 +61,15 @@ class RunPlan:
         value = self.hyperparameters.get(key)
         return default if value is None else value
 
+    @property
+    def seed(self) -> int:
+        """The seed every stage draws from: the recorded one, or `--set seed=N`. A recipe that records none
+        is refused here rather than given one nobody recorded."""
+        value = self.hyperparameters.get("seed")
+        if value is None:
+            raise ReproError(f"{self.recipe}:{self.stage} records no seed; give one with --set seed=N")
+        return int(value)
+
     def deviate(self, key: str, recorded: Any, value: Any, reason: str) -> None:
         """Record one difference from the recording, once per key: a resumed run or a stage that loads its
         model again replaces its entry instead of adding a second, so every count agrees."""

@@ -136,7 +136,7 @@ def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):
     config, deviations = miniature_config(plan, tokenizer)
     record_model_deviations(plan, deviations)
     plan.deviate("init", plan.inputs.get("init", {}).get("checkpoint"), "random miniature init", reason)
-    return build_model(config, seed=plan.hp("seed", 0))
+    return build_model(config, seed=plan.seed)
 
 
 def load_causal_lm(path: Path | str, plan: RunPlan | None = None, tokenizer: Any = None,

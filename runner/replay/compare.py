@@ -40,7 +40,7 @@ def first_update_indices(plan: RunPlan, num_examples: int) -> list[list[int]]:
     """The micro-batches (example indices) of update 0, as the stage draws them (one process)."""
     from runner.trainer import epoch_order, micro_batches
 
-    order = epoch_order(num_examples, plan.hp("seed", 0), int(plan.hp("epochs", 1)))
+    order = epoch_order(num_examples, plan.seed, int(plan.hp("epochs", 1)))
     return micro_batches(order, 0, plan.hp("per_device_batch_size", 1), plan.hp("gradient_accumulation_steps", 1),
                          1, 0, num_examples)
 
@@ -68,7 +68,7 @@ def dpo_request(plan: RunPlan, init: Path, steps: int = 1, threads: int = 1) -> 
 
     rows = train_rows(plan)
     # SmolLM2 DPO keeps every pair (TRL 0.12 drops none), so pair i is row i.
-    order = epoch_order(len(rows), plan.hp("seed", 0), int(plan.hp("epochs", 1)))
+    order = epoch_order(len(rows), plan.seed, int(plan.hp("epochs", 1)))
     picked: list[int] = []
     for update in range(steps):
         mbs = micro_batches(order, update, plan.hp("per_device_batch_size", 1),
@@ -111,9 +111,9 @@ def sft_request(plan: RunPlan, init: Path, tokenizer: Any, steps: int = 1,
 
     rows = train_rows(plan)
     order = list(range(len(rows)))
-    random.Random(plan.hp("seed", 42)).shuffle(order)  # the order stages/sft.encode packs in
+    random.Random(plan.seed).shuffle(order)  # the order stages/sft.encode packs in
     blocks, _ = encode(plan, rows, tokenizer)
-    block_order = epoch_order(len(blocks), plan.hp("seed", 0), int(plan.hp("epochs", 1)))
+    block_order = epoch_order(len(blocks), plan.seed, int(plan.hp("epochs", 1)))
     picked = [i for u in range(steps) for mb in micro_batches(block_order, u, plan.hp("per_device_batch_size", 1),
                                                              plan.hp("gradient_accumulation_steps", 1), 1, 0,
                                                              len(blocks)) for i in mb]

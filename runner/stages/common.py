@@ -64,7 +64,7 @@ def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int 
     return LoopConfig(
         per_device=plan.hp("per_device_batch_size", 1), accumulation=plan.hp("gradient_accumulation_steps", 1),
         learning_rate=plan.hp("learning_rate"), total_updates=spec.total_updates,
-        scheduler=plan.hp("lr_scheduler", "linear"), warmup_steps=spec.warmup_steps, seed=plan.hp("seed", 0),
+        scheduler=plan.hp("lr_scheduler", "linear"), warmup_steps=spec.warmup_steps, seed=plan.seed,
         weight_decay=plan.hp("weight_decay", 0.0),
         betas=(plan.hp("adam_beta1", 0.9), plan.hp("adam_beta2", 0.999)), eps=plan.hp("adam_epsilon", 1e-8),
         max_grad_norm=plan.hp("max_grad_norm", 1.0), wsd=spec.wsd, steps_per_update=spec.steps_per_update,

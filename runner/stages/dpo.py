@@ -153,7 +153,7 @@ def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor, family: str) ->
 
 def run(ctx: StageContext) -> dict[str, Any]:
     plan = ctx.plan
-    set_determinism(plan.hp("seed", 0))
+    set_determinism(plan.seed)
     parent = input_path(plan, "init")
     if plan.profile == "recorded":
         tokenizer, policy = init_model(plan)  # --input, the mirror or the Hub, as recorded

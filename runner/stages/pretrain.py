@@ -85,7 +85,7 @@ def schedule_data(phases: list[dict[str, Any]], blocks: dict[str, list[list[int]
 
 def run(ctx: StageContext) -> dict[str, Any]:
     plan = ctx.plan
-    seed = plan.hp("seed", 0)
+    seed = plan.seed
     set_determinism(seed)
     seq_len = plan.hp("max_seq_length")
     parent = input_path(plan, "init")

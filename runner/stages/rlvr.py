@@ -103,7 +103,7 @@ class GenerationEngine:
     each update. A plain object in-process, a Ray actor under runner.ray_rlvr."""
 
     def __init__(self, plan, policy_path: str) -> None:
-        set_determinism(plan.hp("seed", 0))
+        set_determinism(plan.seed)
         self.plan = plan
         self.tokenizer = load_tokenizer(Path(policy_path), plan)
         self.model = load_causal_lm(Path(policy_path)).eval()
@@ -111,7 +111,7 @@ class GenerationEngine:
             p.requires_grad_(False)
 
     def generate(self, prompts: list[list[int]], step: int) -> list[list[int]]:
-        hp, seed = self.plan.hp, self.plan.hp("seed", 0)
+        hp, seed = self.plan.hp, self.plan.seed
         comps = generate(self.model, self.tokenizer, prompts, max_new_tokens=hp("response_length"),
                          temperature=hp("temperature", 1.0), seed=seed * 100003 + step, batch_size=len(prompts))
         return [c.response_ids for c in comps]
@@ -128,7 +128,7 @@ class Learner:
 
     def __init__(self, plan, paths: dict[str, str], total_opt: int, warmup: int) -> None:
         hp = plan.hp
-        seed = hp("seed", 0)
+        seed = plan.seed
         set_determinism(seed)
         self.plan = plan
         self.tokenizer = load_tokenizer(Path(paths["policy"]), plan)
@@ -181,7 +181,7 @@ class Learner:
         """Score the sampled responses and run the PPO epochs (steps 3-7 of the module docstring)."""
         hp, tokenizer = self.plan.hp, self.tokenizer
         policy, value_model = self.policy, self.value_model
-        seed = hp("seed", 0)
+        seed = self.plan.seed
         pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
         temperature, length = hp("temperature", 1.0), hp("response_length")
         version = self.plan.extra.get("verifier_version") or "release-2024-11"
@@ -281,7 +281,7 @@ class Setup:
 
 def setup(ctx: StageContext) -> Setup:
     plan, hp = ctx.plan, ctx.plan.hp
-    set_determinism(hp("seed", 0))
+    set_determinism(plan.seed)
     policy_path, rm_path = input_path(plan, "init"), input_path(plan, "reward_model")
     if rm_path is None:
         raise ReproError(f"{plan.recipe}:rlvr needs its reward model; run `repro run {plan.recipe} --stage rm "
@@ -297,7 +297,7 @@ def setup(ctx: StageContext) -> Setup:
     # The LR schedule spans every optimizer step of the planned run: steps × PPO epochs × mini-batches.
     total_opt = planned * hp("num_ppo_epochs", 4) * hp("num_mini_batches", 1)
     warmup = schedules.warmup_steps_for(total_opt, hp("warmup_ratio", 0.0), "open-instruct")
-    order = epoch_order(len(prompts), hp("seed", 0), steps * batch // len(prompts) + 1)
+    order = epoch_order(len(prompts), plan.seed, steps * batch // len(prompts) + 1)
     paths = {"policy": str(policy_path), "reference": str(input_path(plan, "reference") or policy_path),
              "value": str(input_path(plan, "value_model") or rm_path), "rm": str(rm_path)}
     return Setup(prompts, filtered, steps, total_opt, warmup, order, paths, tokenizer)

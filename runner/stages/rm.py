@@ -115,7 +115,7 @@ def pair_scores(scorer: torch.nn.Module, batch: list[dict[str, list[int]]], pad:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     plan = ctx.plan
-    seed = plan.hp("seed", 1)
+    seed = plan.seed
     set_determinism(seed)
     parent = input_path(plan, "init")
     if plan.profile == "recorded":  # --input, the mirror or the Hub, as recorded

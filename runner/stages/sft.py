@@ -54,14 +54,14 @@ def encode(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict[str, 
                 for s in streams], 0
     # TRL's ConstantLengthDataset shuffles with Python's global RNG; a seeded local RNG keeps reruns identical.
     order = list(range(len(streams)))
-    random.Random(plan.hp("seed", 42)).shuffle(order)
+    random.Random(plan.seed).shuffle(order)
     blocks = masking.pack_constant_length([streams[i] for i in order], max_len, tokenizer.eos_token_id)
     return [{"input_ids": b, "labels": list(b), "attention_mask": [1] * len(b)} for b in blocks], 0
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     plan = ctx.plan
-    set_determinism(plan.hp("seed", 0))
+    set_determinism(plan.seed)
     parent = input_path(plan, "init")
     if plan.profile == "recorded":
         tokenizer, model = init_model(plan)  # --input, the mirror or the Hub, as recorded

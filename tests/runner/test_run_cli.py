@@ -156,3 +156,19 @@ def test_recorded_gpu_check_counts_gpus_per_node(cli):
     # 64 GPUs on 8 nodes: each node runs the same command with its own 8, so 8 per node is what a node needs.
     code, _, err = cli("run", "tulu3-8b", "--stage", "sft")
     assert code == 2 and "8 GPUs on each of 8 nodes (found 0 here)" in err
+
+
+def test_every_stage_seeds_from_the_recorded_seed_and_none_is_made_up():
+    """RunPlan.seed is the one source of every stage's seed: the recorded value, `--set seed=N`, or a refusal
+    naming the fix where nothing records one (tulu3-405b's SFT states none)."""
+    from registry.errors import ReproError
+    from registry.recipes import load_recipes
+    from runner.plan import resolve
+
+    reg = load_recipes()
+    assert resolve(reg, "tulu3-8b", "rm", "recorded", {}).seed == 1
+    assert resolve(reg, "tulu3-8b", "sft", "smoke", {}).seed == 123
+    assert resolve(reg, "tulu3-8b", "sft", "smoke", {"seed": "7"}).seed == 7
+    plan = resolve(reg, "tulu3-405b", "sft", "recorded", {})
+    with pytest.raises(ReproError, match=r"tulu3-405b:sft records no seed; give one with --set seed=N"):
+        _ = plan.seed
