@@ -20,6 +20,8 @@ from registry.recipes import Registry
 from registry.schema import CANONICAL_KEYS, Recipe, Stage
 from runner import smoke, switches
 
+REPO_ROOT = Path(__file__).resolve().parent.parent  # fixture paths are shown relative to it
+
 PROFILES = ("smoke", "recorded")
 # Common framework spellings of canonical keys: a typo-distance guess would send `lr` to `lam`.
 KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "beta": "dpo_beta", "beta1": "adam_beta1",
@@ -339,7 +341,7 @@ def _fixture_mixture(mixture: dict[str, float]) -> dict[str, float]:
 
 def _display_path(path: str) -> str:
     resolved = Path(path).resolve()
-    return resolved.relative_to(smoke.ROOT).as_posix() if resolved.is_relative_to(smoke.ROOT) else str(resolved)
+    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(resolved)
 
 
 def runs_root() -> Path:

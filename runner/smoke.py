@@ -8,13 +8,12 @@ Each entry becomes a deviation in the run record.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# REPRO_FIXTURES points the smoke profile at another copy of the fixture files (same names and schemas).
-FIXTURES = Path(os.environ.get("REPRO_FIXTURES", ROOT / "fixtures")).resolve()
+from runner.data.fixtures import FIXTURE_FILES, FIXTURES_ROOT
+
+FIXTURES = FIXTURES_ROOT  # runner/data/fixtures.py owns the root (and REPRO_FIXTURES) and each file's schema
 
 SMALL_DATA = "fixture data is small; the miniature needs more signal per step"
 LR_REASON = "a ~300k-parameter miniature does not move at the recorded LR within a one-minute run"
@@ -72,25 +71,30 @@ OVERRIDES: dict[tuple[str, str], dict[str, tuple[Any, str]]] = {
     },
 }
 
+
+
+def _fixture(rel: str) -> tuple[str, str]:
+    return rel, FIXTURE_FILES[rel]
+
+
 # Fixture files standing in for each published dataset (same schema, tiny and learnable).
 FIXTURE_FOR: dict[str, tuple[str, str]] = {
-    "allenai/tulu-3-sft-mixture": ("tulu3/tulu-3-sft-mixture.jsonl", "messages"),
-    "allenai/llama-3.1-tulu-3-8b-preference-mixture": ("tulu3/tulu-3-8b-preference-mixture.jsonl", "preference"),
-    "allenai/llama-3.1-tulu-3-70b-preference-mixture": ("tulu3/tulu-3-8b-preference-mixture.jsonl", "preference"),
-    "allenai/llama-3.1-tulu-3-405b-preference-mixture": ("tulu3/tulu-3-8b-preference-mixture.jsonl", "preference"),
-    "allenai/RLVR-GSM-MATH-IF-Mixed-Constraints": ("tulu3/rlvr-gsm-math-if.jsonl", "rlvr"),
-    "allenai/RLVR-MATH": ("tulu3/rlvr-gsm-math-if.jsonl", "rlvr"),
-    "allenai/ultrafeedback_binarized_cleaned": ("tulu3/ultrafeedback_binarized_cleaned-test_prefs.jsonl",
-                                                "ultrafeedback"),
-    "HuggingFaceTB/smoltalk": ("smollm2/smoltalk.jsonl", "messages"),
-    "HuggingFaceTB/smol-smoltalk": ("smollm2/smoltalk.jsonl", "messages"),
-    "HuggingFaceH4/ultrafeedback_binarized": ("smollm2/ultrafeedback_binarized-train_prefs.jsonl", "ultrafeedback"),
+    "allenai/tulu-3-sft-mixture": _fixture("tulu3/tulu-3-sft-mixture.jsonl"),
+    "allenai/llama-3.1-tulu-3-8b-preference-mixture": _fixture("tulu3/tulu-3-8b-preference-mixture.jsonl"),
+    "allenai/llama-3.1-tulu-3-70b-preference-mixture": _fixture("tulu3/tulu-3-8b-preference-mixture.jsonl"),
+    "allenai/llama-3.1-tulu-3-405b-preference-mixture": _fixture("tulu3/tulu-3-8b-preference-mixture.jsonl"),
+    "allenai/RLVR-GSM-MATH-IF-Mixed-Constraints": _fixture("tulu3/rlvr-gsm-math-if.jsonl"),
+    "allenai/RLVR-MATH": _fixture("tulu3/rlvr-gsm-math-if.jsonl"),
+    "allenai/ultrafeedback_binarized_cleaned": _fixture("tulu3/ultrafeedback_binarized_cleaned-test_prefs.jsonl"),
+    "HuggingFaceTB/smoltalk": _fixture("smollm2/smoltalk.jsonl"),
+    "HuggingFaceTB/smol-smoltalk": _fixture("smollm2/smoltalk.jsonl"),
+    "HuggingFaceH4/ultrafeedback_binarized": _fixture("smollm2/ultrafeedback_binarized-train_prefs.jsonl"),
 }
 HELDOUT_FOR: dict[tuple[str, str], tuple[str, str]] = {
-    ("tulu3", "rm"): ("tulu3/ultrafeedback_binarized_cleaned-test_prefs.jsonl", "ultrafeedback"),
-    ("tulu3", "rlvr"): ("tulu3/rlvr-eval.jsonl", "rlvr"),
-    ("smollm2", "dpo"): ("smollm2/ultrafeedback_binarized-test_prefs.jsonl", "ultrafeedback"),
-    ("smollm2", "pretrain"): ("smollm2/pretrain/heldout.jsonl", "text"),
+    ("tulu3", "rm"): _fixture("tulu3/ultrafeedback_binarized_cleaned-test_prefs.jsonl"),
+    ("tulu3", "rlvr"): _fixture("tulu3/rlvr-eval.jsonl"),
+    ("smollm2", "dpo"): _fixture("smollm2/ultrafeedback_binarized-test_prefs.jsonl"),
+    ("smollm2", "pretrain"): _fixture("smollm2/pretrain/heldout.jsonl"),
 }
 PRETRAIN_COMPONENTS = ("web", "code", "math", "cosmopedia", "long")
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
-FIXTURES_ROOT = Path(__file__).resolve().parents[2] / "fixtures"
+# The one fixture root: REPRO_FIXTURES points every reader (the smoke profile, the fixture tokenizers, the dataset
+# versions) at another copy of the fixture files, with the same names and schemas.
+FIXTURES_ROOT = Path(os.environ.get("REPRO_FIXTURES") or Path(__file__).resolve().parents[2] / "fixtures").resolve()
 ROLES = ("system", "user", "assistant")
 RLVR_DATASETS = ("gsm8k", "MATH", "ifeval")
 

@@ -88,14 +88,20 @@ def test_malformed_fixture_row_is_named(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_FIXTURES", str(fixtures))
     import importlib
 
+    import runner.data.fixtures
     import runner.smoke
 
-    importlib.reload(runner.smoke)
+    def reload() -> None:  # the root is read once, at import, by the module that owns it
+        importlib.reload(runner.data.fixtures)
+        importlib.reload(runner.smoke)
+
+    reload()
+    assert runner.smoke.FIXTURES == fixtures.resolve()
     try:
         code, out, err = cli("run", "tulu3-8b", "--stage", "sft", "--profile", "smoke")
     finally:
         monkeypatch.delenv("REPRO_FIXTURES")
-        importlib.reload(runner.smoke)
+        reload()
     assert code == 2 and "tulu-3-sft-mixture.jsonl row 17" in err and "robot" in err
     assert err.count("\n") == 1
 
