@@ -156,7 +156,7 @@ def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
             "down_big": ids[wider], "cursor": ids[n // 2], "growth": growth, "built_s": built, "per_table": per_table}
 
 
-def table_bytes(engine, n: int) -> str:  # noqa: ANN001
+def table_bytes(engine, n: int) -> str:
     """Bytes per run of each table with its indexes (SQLite's dbstat, '' where it is not compiled in;
     PostgreSQL's pg_total_relation_size)."""
     if engine.dialect.name == "postgresql":
@@ -180,14 +180,14 @@ def table_bytes(engine, n: int) -> str:  # noqa: ANN001
         rows = raw.cursor().execute(
             "SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_schema m ON m.name = d.name "
             "GROUP BY m.tbl_name ORDER BY 2 DESC LIMIT 6").fetchall()
-    except Exception:  # noqa: BLE001 - dbstat is an optional SQLite module
+    except Exception:
         return ""
     finally:
         raw.close()
     return ", ".join(f"{name} {size / n:.0f}" for name, size in rows)
 
 
-def db_size(engine) -> int:  # noqa: ANN001
+def db_size(engine) -> int:
     from sqlalchemy import text
 
     if engine.dialect.name == "sqlite":
@@ -244,17 +244,17 @@ def query_times(url: str, info: dict, reps: int) -> list[tuple[str, int, float, 
             note_path(edge.note)
         return len(checks)
 
-    def sa_up(s) -> int:  # noqa: ANN001
+    def sa_up(s) -> int:
         edges = lineage_edges(s, up)
         lineage_tree(s, up, edges=edges)
         return len({e.parent for e in edges}) + 1
 
-    def sa_down(s, root: str) -> int:  # noqa: ANN001
+    def sa_down(s, root: str) -> int:
         edges = lineage_edges(s, root, downstream=True)
         lineage_tree(s, root, downstream=True, edges=edges)
         return len(reachable(s, root, True, edges=edges)) + 1
 
-    def sa_verify(s) -> int:  # noqa: ANN001
+    def sa_verify(s) -> int:
         checks = hashed_edges_to_verify(s, up)
         for _, edge in checks:
             note_path(edge.note)
@@ -269,7 +269,7 @@ def query_times(url: str, info: dict, reps: int) -> list[tuple[str, int, float, 
              ("runs page after a cursor", lambda: len(light_db.runs_page(None, 20, 0, info["cursor"])),
               lambda s: len(list_runs(s, limit=20, after=info["cursor"])))]
 
-    def median_ms(fn) -> tuple[int, float]:  # noqa: ANN001
+    def median_ms(fn) -> tuple[int, float]:
         size = fn()  # warm-up
         samples = []
         for _ in range(reps):
@@ -339,7 +339,8 @@ def fresh_postgres(admin: str) -> tuple[str, callable]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000", help="comma-separated run counts (e.g. 10000,100000,1000000)")
+    parser.add_argument("--sizes", default="10000,100000",
+                        help="comma-separated run counts (e.g. 10000,100000,1000000)")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--postgres-url", default=os.environ.get("REPRO_TEST_POSTGRES_URL"))
     parser.add_argument("--reps", type=int, default=5)
@@ -378,10 +379,12 @@ def main() -> None:
                     commands = {
                         "lineage upstream": [repro, "lineage", info["up"], "--json"],
                         "lineage downstream": [repro, "lineage", info["down"], "--downstream", "--json"],
-                        "lineage downstream, big answer": [repro, "lineage", info["down_big"], "--downstream", "--json"],
+                        "lineage downstream, big answer": [repro, "lineage", info["down_big"], "--downstream",
+                                                           "--json"],
                         "lineage --verify (no hashing)": [repro, "lineage", info["up"], "--verify", "--json"],
                         "runs first page (20)": [repro, "runs", "--json", "--limit", "20"],
-                        "runs page after a cursor": [repro, "runs", "--json", "--limit", "20", "--after", info["cursor"]],
+                        "runs page after a cursor": [repro, "runs", "--json", "--limit", "20", "--after",
+                                                     info["cursor"]],
                     }
                     limit_ms = 100.0 if n >= 1_000_000 else 20.0
                     print(f"\n{backend} {n:,} runs ({n * 4 - 1:,} run edges): built in {info['built_s']:.0f} s; "

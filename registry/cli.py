@@ -38,7 +38,7 @@ def _no_type_for_flags() -> None:
     if getattr(shown, "_repro_flags", False):
         return
 
-    def display_type_rich(self, ctx):  # noqa: ANN001, ANN202
+    def display_type_rich(self, ctx):
         return "" if getattr(self, "is_flag", False) else shown(self, ctx)
 
     display_type_rich._repro_flags = True
@@ -239,7 +239,8 @@ def command_cmd(recipe: str, stage: str = typer.Option(..., "--stage", "-s")):
     reg = registry()
     st = reg.stage(recipe, stage)
     if st.command is None:
-        raise ReproError(f"no launch command is published for {recipe}:{stage}; see `repro show {recipe} --stage {stage}`")
+        raise ReproError(f"no launch command is published for {recipe}:{stage}; "
+                         f"see `repro show {recipe} --stage {stage}`")
     sys.stdout.write(st.command.text.rstrip("\n") + "\n")
 
 
@@ -332,7 +333,7 @@ def indexed_session(reg: Registry) -> Iterator[Any]:
         yield session
 
 
-def resolve_node(session, reg: Registry, target: str) -> str:  # noqa: ANN001
+def resolve_node(session, reg: Registry, target: str) -> str:
     from registry.light_db import resolve_node as resolve
     from registry.lineage import parent_key
     from registry.queries import node_exists, run_id_for
@@ -379,7 +380,7 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
         raise typer.Exit(code)
 
 
-def _verify_hashes(session, node: str, upstream_edges=None) -> list[dict[str, str]]:  # noqa: ANN001
+def _verify_hashes(session, node: str, upstream_edges=None) -> list[dict[str, str]]:
     """Re-hash every file-backed input/output recorded with a content hash under `node`'s runs."""
     from registry.hashing import verify_edges
 

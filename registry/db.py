@@ -12,9 +12,35 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, Column, ColumnElement, Connection, DateTime, Float, ForeignKey, Index, Integer,
-                        MetaData, String, Text, UniqueConstraint, case, event, inspect, select)
-from sqlalchemy.orm import ColumnProperty, DeclarativeBase, Mapped, Session, column_property, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    case,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.orm import (
+    ColumnProperty,
+    DeclarativeBase,
+    Mapped,
+    Session,
+    column_property,
+    mapped_column,
+    relationship,
+)
 
 from registry.dbinfo import SCHEMA_REVISION  # noqa: F401 - re-exported: the revision these models are
 
@@ -199,7 +225,7 @@ class RunRow(Base):
 
 
 @event.listens_for(Session, "before_flush")
-def _write_run_documents(session: Session, _context, _instances) -> None:  # noqa: ANN001
+def _write_run_documents(session: Session, _context, _instances) -> None:
     """Insert the documents of new or changed runs before the runs themselves (foreign keys), once per
     digest and race-free: INSERT ... ON CONFLICT DO NOTHING, since concurrent runs share documents."""
     rows: dict[str, Any] = {}
@@ -219,7 +245,7 @@ def _write_run_documents(session: Session, _context, _instances) -> None:  # noq
         insert_documents(session, rows)
 
 
-def insert_documents(session_or_conn, rows: dict[str, Any]) -> None:  # noqa: ANN001
+def insert_documents(session_or_conn, rows: dict[str, Any]) -> None:
     conn = session_or_conn.connection() if isinstance(session_or_conn, Session) else session_or_conn
     table = RunDocumentRow.__table__
     values = [{"digest": d, "body": b} for d, b in rows.items()]

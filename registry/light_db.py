@@ -38,7 +38,7 @@ def statements_key(dialect: str) -> str:
 class LightDB:
     """A read-only DBAPI connection with '?' placeholders on both backends."""
 
-    def __init__(self, conn, dialect: str) -> None:  # noqa: ANN001
+    def __init__(self, conn, dialect: str) -> None:
         self.conn, self.dialect = conn, dialect
 
     def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -109,20 +109,20 @@ def _ready(db: LightDB, file_hash: str) -> dict[str, Any] | None:
     return json.loads(stored) if stored else None
 
 
-def lineage_walk(reg, target: str, downstream: bool, with_outputs: bool):  # noqa: ANN001, ANN201
+def lineage_walk(reg, target: str, downstream: bool, with_outputs: bool):
     """(node, edges, output edges) of one unbounded walk, or None when this path cannot answer."""
     from registry.lineage_tree import Edge  # here, not at the top: its dataclasses import slows `repro list`
 
     try:
         db = connect()
-    except Exception:  # noqa: BLE001 - any trouble: the SQLAlchemy path reports it properly
+    except Exception:
         return None
     if db is None:
         return None
     try:
         try:
             statements = _ready(db, file_hash(reg.raw))
-        except Exception:  # noqa: BLE001 - e.g. no such table, not a database
+        except Exception:
             return None
         if statements is None:
             return None
@@ -143,7 +143,7 @@ def _run_id(db: LightDB, run: str) -> str | None:
     return matches[0][0] if len(matches) == 1 else None
 
 
-def resolve_node(reg, target: str, exists, dataset_key, run_id) -> str:  # noqa: ANN001
+def resolve_node(reg, target: str, exists, dataset_key, run_id) -> str:
     """The graph node a lineage target names: recipe:stage, checkpoint (name or hub id), dataset or run.
     `exists(key)`, `dataset_key(exact, prefix)` and `run_id(prefix)` ask the database."""
     from registry.errors import unknown
@@ -191,7 +191,7 @@ def unvalidated_recipes() -> dict[str, Any] | None:
     path = Path(os.environ.get("REPRO_RECIPES") or Path(__file__).resolve().parent.parent / "recipes.json")
     try:
         return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
-    except Exception:  # noqa: BLE001 - unreadable, malformed, nested too deep: the validating load says why
+    except Exception:
         return None
 
 
@@ -207,14 +207,14 @@ def indexed_recipes() -> dict[str, Any] | None:
     try:
         digest = file_hash(raw)
         db = connect()
-    except Exception:  # noqa: BLE001 - unreadable, malformed, nested too deep: the validating load says why
+    except Exception:
         return None
     if db is None:
         return None
     try:
         current = db.value("SELECT version_num FROM alembic_version") == SCHEMA_REVISION and db.value(
             "SELECT value FROM sync_state WHERE key = ?", (FILE_HASH_KEY,)) == digest
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     finally:
         db.close()
@@ -225,7 +225,7 @@ def _parsed(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value  # JSON is text in SQLite, parsed by psycopg
 
 
-def _when(value: Any):  # noqa: ANN202
+def _when(value: Any):
     from datetime import datetime
 
     return datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -240,7 +240,7 @@ def runs_page(recipe: str | None, limit: int, offset: int, after: str | None) ->
 
     try:
         db = connect()
-    except Exception:  # noqa: BLE001 - the SQLAlchemy path reports it properly
+    except Exception:
         return None
     if db is None:
         return None
@@ -267,7 +267,7 @@ def runs_page(recipe: str | None, limit: int, offset: int, after: str | None) ->
             rows = db.rows(sql, (*params, limit, offset))
         except ReproError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
     finally:
         db.close()

@@ -56,7 +56,7 @@ runs_before = sa.Table("runs", sa.MetaData(), sa.Column("id", sa.String(64), pri
                        sa.Column("plan_digest", sa.String(32)), sa.Column("deviations_digest", sa.String(32)))
 
 
-def digest(body) -> str:  # noqa: ANN001
+def digest(body) -> str:
     """registry.db.document_digest, frozen here as this revision wrote it."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -117,7 +117,7 @@ def upgrade() -> None:
         batch_op.drop_index("ix_run_metrics_run_id")  # a prefix of ix_run_metrics_lookup
 
 
-def _move_train_rows_to_series(conn) -> None:  # noqa: ANN001
+def _move_train_rows_to_series(conn) -> None:
     """Run by run (each read on the (run_id, kind, name) index), so memory holds one run's rows."""
     is_point = sa.and_(run_metrics.c.kind == "train", run_metrics.c.step.is_not(None))
     run_ids = conn.execute(sa.select(run_metrics.c.run_id).where(is_point).distinct()).scalars().all()
@@ -143,7 +143,7 @@ def _move_train_rows_to_series(conn) -> None:  # noqa: ANN001
             conn.execute(run_metrics.delete().where(run_metrics.c.id.in_(moved[start:start + BATCH])))
 
 
-def _move_documents(conn) -> None:  # noqa: ANN001
+def _move_documents(conn) -> None:
     """Keyset pages of runs (by id), so memory holds one page; each distinct document inserted once."""
     last = None
     while True:
@@ -171,7 +171,7 @@ def _move_documents(conn) -> None:  # noqa: ANN001
         last = page[-1].id
 
 
-def _restore_documents(conn) -> None:  # noqa: ANN001
+def _restore_documents(conn) -> None:
     bodies = dict(conn.execute(sa.select(run_documents.c.digest, run_documents.c.body)).all())
     rows = conn.execute(sa.select(runs_before.c.id, runs_before.c.plan_digest, runs_before.c.deviations_digest)).all()
     updates = [{"run": r.id, "p": bodies[r.plan_digest], "d": bodies[r.deviations_digest]} for r in rows]

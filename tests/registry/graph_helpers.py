@@ -16,7 +16,7 @@ T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
 def record_run(session, run_id: str, recipe: str = "tulu3-8b", stage: str = "sft", *, parents=(), minutes: int = 0,
-               status: str = "succeeded", run_dir: str = "/nowhere", **fields) -> None:  # noqa: ANN001
+               status: str = "succeeded", run_dir: str = "/nowhere", **fields) -> None:
     """A run row plus its edges: stage, code pin, and (parent key, relation, hash, path) inputs."""
     fields = {"plan": {"recipe": recipe, "stage": stage}, "deviations": [], "final_metrics": {}, **fields}
     row = RunRow(id=run_id, recipe=recipe, stage=stage, profile="smoke", status=status, run_dir=run_dir,
@@ -36,7 +36,7 @@ def previous_lineage_tree(session, root: str, downstream: bool = False, max_dept
         index.setdefault(e.parent if downstream else e.child, []).append(e)
     expanded: set[str] = set()
 
-    def build(key, relation, digest, depth, trail) -> LineageNode:  # noqa: ANN001
+    def build(key, relation, digest, depth, trail) -> LineageNode:
         node = LineageNode(key, relation, digest)
         if key in expanded and index.get(key):
             node.repeated = True

@@ -101,8 +101,9 @@ def test_lineage_upstream_of_final_8b(cli):
     code, out, err = cli("lineage", "allenai/Llama-3.1-Tulu-3-8B", "--json")
     assert code == 0, err
     text = json.dumps(json.loads(out))
-    for node in ("stage:tulu3-8b:rlvr", "checkpoint:allenai/Llama-3.1-Tulu-3-8B-DPO", "checkpoint:allenai/Llama-3.1-Tulu-3-8B-RM",
-                 "stage:tulu3-8b:sft", "dataset:allenai/tulu-3-sft-mixture@", "code:"):
+    for node in ("stage:tulu3-8b:rlvr", "checkpoint:allenai/Llama-3.1-Tulu-3-8B-DPO",
+                 "checkpoint:allenai/Llama-3.1-Tulu-3-8B-RM", "stage:tulu3-8b:sft",
+                 "dataset:allenai/tulu-3-sft-mixture@", "code:"):
         assert node in text, node
 
 

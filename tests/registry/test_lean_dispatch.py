@@ -85,7 +85,7 @@ def _smoke_like_chain(db_url, tmp_path) -> None:
     (bad / "model.safetensors").write_bytes(b"tampered")
 
 
-def _capture(monkeypatch, call):  # noqa: ANN001, ANN202
+def _capture(monkeypatch, call):
     out, err = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)

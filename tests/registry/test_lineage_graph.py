@@ -174,12 +174,14 @@ def test_cold_path_answers_exactly_as_the_sqlalchemy_path(db_url, cli, monkeypat
     _shared_ancestor_graph(db_url)
     real, taken = light.lineage_walk, []
 
-    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def spy(*args, **kwargs):
         answer = real(*args, **kwargs)
         taken.append(answer is not None)
         return answer
 
-    for target in ("rlvr-1", "sft-1", "tulu3-8b:dpo", "allenai/Llama-3.1-Tulu-3-8B", "HuggingFaceH4/ultrafeedback_binarized"):
+    targets = ("rlvr-1", "sft-1", "tulu3-8b:dpo", "allenai/Llama-3.1-Tulu-3-8B",
+               "HuggingFaceH4/ultrafeedback_binarized")
+    for target in targets:
         for extra in ([], ["--downstream"], ["--verify"], ["--json"], ["--downstream", "--json"]):
             monkeypatch.setattr(light, "lineage_walk", spy)
             cold = cli("lineage", target, *extra)

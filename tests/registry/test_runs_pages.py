@@ -73,11 +73,12 @@ def test_cold_path_pages_exactly_as_the_sqlalchemy_path(db_url, cli, monkeypatch
 
     _runs(db_url)
     with session_scope(db_url) as s:  # a dead run, reported interrupted by both paths
-        record_run(s, "dead", minutes=9, status="running", pid=2 ** 22 + 11, hostname=__import__("socket").gethostname(),
+        record_run(s, "dead", minutes=9, status="running", pid=2 ** 22 + 11,
+                   hostname=__import__("socket").gethostname(),
                    deviations=[{"key": "epochs", "recorded": 3, "used": 1}])
     real, taken = light.runs_page, []
 
-    def spy(*args):  # noqa: ANN002, ANN202
+    def spy(*args):
         page = real(*args)
         taken.append(page is not None)
         return page

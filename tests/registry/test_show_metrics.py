@@ -7,7 +7,7 @@ import json
 from registry.recipes import load_recipes
 
 
-def _expected(raw, recipe):  # noqa: ANN001, ANN202
+def _expected(raw, recipe):
     """(checkpoint, benchmark, value, source) of every metric recipes.json states for the recipe's outputs."""
     return [(out["checkpoint"], m["benchmark"], m["value"], m["source"])
             for st in raw["recipes"][recipe]["stages"] for out in st.get("outputs", [])
@@ -33,7 +33,7 @@ def test_show_table_has_the_metrics_with_protocol_and_source(cli):
     code, out, err = cli("show", "tulu3-8b")
     assert code == 0, err
     assert "published metrics" in out
-    for checkpoint, benchmark, value, source in _expected(raw, "tulu3-8b")[:5]:
+    for _checkpoint, benchmark, value, source in _expected(raw, "tulu3-8b")[:5]:
         assert benchmark in out and f"{value:g}" in out and source.split()[0] in out
     assert "harness=OLMES" in out
 

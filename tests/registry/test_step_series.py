@@ -34,7 +34,8 @@ def _old_style_rows() -> list[dict]:
             rows.append({"run_id": run_id, "name": "lr", "value": 1e-5 * step, "step": step, "kind": "train"})
         rows.append({"run_id": run_id, "name": "train_loss_last", "value": 1.5, "step": None, "kind": "final"})
     rows.append({"run_id": "run-a", "name": "loss", "value": 1.4, "step": 5, "kind": "train"})  # a step logged twice
-    rows.append({"run_id": "run-b", "name": "grad_norm", "value": float("inf"), "step": 3, "kind": "train"})  # JSON has no inf
+    # JSON has no inf
+    rows.append({"run_id": "run-b", "name": "grad_norm", "value": float("inf"), "step": 3, "kind": "train"})
     rows.append({"run_id": "run-b", "name": "ifeval", "value": 0.41, "step": None, "kind": "eval",
                  "protocol": {"harness": "repro"}})
     rows.append({"run_id": "run-b", "name": "loss", "value": 9.0, "step": 2, "kind": "train",
@@ -78,7 +79,8 @@ def test_upgrade_moves_old_rows_into_series_and_downgrade_restores_them(db_url, 
             assert got[0] == [p[0] for p in points] and series[key].points == len(points)
             assert all(_same(a, b) for a, b in zip(got[1], [p[1] for p in points]))
         rows = list(s.scalars(select(RunMetricRow)))
-        assert sorted((r.run_id, r.name, r.kind) for r in rows) == sorted((r["run_id"], r["name"], r["kind"]) for r in kept)
+        expected = sorted((r["run_id"], r["name"], r["kind"]) for r in kept)
+        assert sorted((r.run_id, r.name, r.kind) for r in rows) == expected
         assert [r.name for r in run_metrics(s, "run-b", kind="eval")] == ["ifeval"]
         assert sum(r.points for r in series.values()) + len(rows) == len(old)
 
@@ -122,7 +124,8 @@ def test_upgrade_moves_plans_into_shared_documents_and_back(db_url, cli):
         for i in range(3):
             conn.execute(text("UPDATE runs SET plan = :p, deviations = :d WHERE id = :id"),
                          {"p": json.dumps(shared if i < 2 else {"other": i}),
-                          "d": json.dumps([{"key": "epochs", "recorded": 2, "used": 1}] if i else []), "id": f"run-{i}"})
+                          "d": json.dumps([{"key": "epochs", "recorded": 2, "used": 1}] if i else []),
+                          "id": f"run-{i}"})
     database._engine_for.cache_clear()
     code, _, err = cli("db", "upgrade")
     assert code == 0, err
@@ -138,7 +141,7 @@ def test_upgrade_moves_plans_into_shared_documents_and_back(db_url, cli):
     _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
     with engine.connect() as conn:
         back = {r.id: r for r in conn.execute(text("SELECT id, plan, deviations FROM runs"))}
-    def parsed(value):  # noqa: ANN001, ANN202 - text on SQLite, already parsed on PostgreSQL
+    def parsed(value):
         return json.loads(value) if isinstance(value, str) else value
 
     assert parsed(back["run-0"].plan) == shared and parsed(back["run-2"].plan) == {"other": 2}

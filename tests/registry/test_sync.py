@@ -65,7 +65,7 @@ def test_sync_builds_recipe_lineage(db_url):
     assert "checkpoint:allenai/Llama-3.1-Tulu-3-8B-RM" in parents
 
 
-def _worker(url: str, recipes: str, worker: int, runs: int, queue) -> None:  # noqa: ANN001
+def _worker(url: str, recipes: str, worker: int, runs: int, queue) -> None:
     os.environ["REPRO_DATABASE_URL"] = url
     database._engine_for.cache_clear()
     try:
