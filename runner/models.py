@@ -190,10 +190,14 @@ def build_model(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every Dropout's p to 0 (open-instruct's `disable_dropout_in_model`)."""
+    """Set every Dropout's p to 0 (open-instruct's `disable_dropout_in_model`), and the config's attention
+    dropout too, so that a checkpoint saved from the model says what it trained with."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "attention_dropout"):
+        config.attention_dropout = 0.0
 
 
 def build_reward_model(config: LlamaConfig, seed: int) -> LlamaForSequenceClassification:

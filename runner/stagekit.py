@@ -146,14 +146,15 @@ def load_causal_lm(path: Path | str, plan: RunPlan | None = None, tokenizer: Any
     (Tülu) embedding resize of the recording (runner/models.recorded_load)."""
     from transformers import AutoModelForCausalLM
 
+    from runner.models import disable_dropout, recorded_load
+
     if plan is None or plan.profile != "recorded":
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
-        _no_dropout(model)
+        disable_dropout(model)
         return model
-    from runner.models import recorded_load
 
     model = recorded_load(AutoModelForCausalLM, path, plan, tokenizer=tokenizer, revision=revision)
-    _no_dropout(model)
+    disable_dropout(model)
     return model
 
 
@@ -237,14 +238,6 @@ def _check_hub_model(hub_id: str, revision: str | None, role: str) -> None:
             what = "cannot be reached" + (" offline (HF_HUB_OFFLINE=1, not cached)"
                                           if os.environ.get("HF_HUB_OFFLINE") == "1" else f" ({kind})")
         raise ReproError(f"model {hub_id}@{revision or 'main'} {what}; {fix}") from None
-
-
-def _no_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    if hasattr(model.config, "attention_dropout"):
-        model.config.attention_dropout = 0.0
 
 
 def on_device(tensors: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:

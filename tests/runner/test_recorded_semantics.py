@@ -33,7 +33,8 @@ def test_rlvr_stage_passes_min_response_length():
 
 
 def _ctx(family: str, stage: str, world: int, **hps):
-    plan = SimpleNamespace(family=family, stage=stage, deviations=[], hp=lambda k, d=None: hps.get(k, d))
+    plan = SimpleNamespace(family=family, stage=stage, deviations=[], hp=lambda k, d=None: hps.get(k, d),
+                           seed=hps.get("seed", 1))
     return SimpleNamespace(plan=plan, world=world, max_updates=None)
 
 
