@@ -413,11 +413,15 @@ def test_metrics_params_and_plots(pipeline: Project, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: Path) -> None:
-    """In a clone restored from the cache (its run database is empty), a smollm2-135m DPO edit reruns only that."""
+    """In a clone restored from the cache (its run database is empty), a smollm2-135m DPO edit reruns only that.
+
+    The leaves read their values from pipelines/params/, which the `params` stage writes from recipes.json, so
+    an edit shows first as that stage changed (`status --with-deps`), then, once it has rerun, as the one stage
+    whose params file changed."""
     clone = pipeline.clone(tmp_path / "clone", tmp_path / "home")
     clone.dvc("cache", "dir", "--local", str(pipeline.path / ".dvc" / "cache"))
     clone.dvc("checkout", *LEAVES, "--with-deps")
-    assert json.loads(clone.dvc("status", *LEAVES, "--json").stdout) == {}
+    assert json.loads(clone.dvc("status", "--with-deps", *LEAVES, "--json").stdout) == {}
     before = _artifacts(clone)
 
     recipes = clone.path / "recipes.json"
@@ -427,10 +431,10 @@ def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: 
     dpo["hyperparameters"]["dpo_beta"]["value"] = 0.25
     recipes.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
 
-    changed = json.loads(clone.dvc("status", *LEAVES, "--json").stdout)
+    changed = json.loads(clone.dvc("status", "--with-deps", *LEAVES, "--json").stdout)
     assert set(changed) == {PARAMS_STAGE}, changed  # recipes.json changed; the params files follow from it
     clone.dvc("repro", "--single-item", PARAMS_STAGE)
-    changed = json.loads(clone.dvc("status", *LEAVES, "--json").stdout)
+    changed = json.loads(clone.dvc("status", "--with-deps", *LEAVES, "--json").stdout)
     assert set(changed) == {"smollm2-135m-dpo"}, changed
     diff = json.loads(clone.dvc("params", "diff", "--json").stdout)
     row = {"old": before, "new": 0.25, "diff": 0.25 - before}
