@@ -173,13 +173,13 @@ def test_dvc_params_diff_shows_one_row_per_changed_value(tmp_path: Path) -> None
     recipes = project.path / "recipes.json"
     raw = json.loads(recipes.read_text())
     dpo = next(s for s in raw["recipes"]["smollm2-135m"]["stages"] if s["name"] == "dpo")
-    before = dpo["hyperparameters"]["dpo_beta"]["value"]
+    beta = dpo["hyperparameters"]["dpo_beta"]["value"]
     dpo["hyperparameters"]["dpo_beta"]["value"] = 0.25
     recipes.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
     out = project.dvc("repro", "--single-item", PARAMS_STAGE)
     assert _ran(out.stdout + out.stderr) == [PARAMS_STAGE]
     diff = json.loads(project.dvc("params", "diff", "--json").stdout)
-    row = {"old": before, "new": 0.25, "diff": 0.25 - before}
+    row = {"old": beta, "new": 0.25, "diff": 0.25 - beta}
     assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": row}}, diff
     table = project.dvc("params", "diff").stdout
     assert re.search(r"pipelines/params/smollm2-135m-dpo\.json\s+dpo_beta\s+\S+\s+0\.25", table), table
@@ -427,7 +427,7 @@ def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: 
     recipes = clone.path / "recipes.json"
     raw = json.loads(recipes.read_text())
     dpo = next(s for s in raw["recipes"]["smollm2-135m"]["stages"] if s["name"] == "dpo")
-    before = dpo["hyperparameters"]["dpo_beta"]["value"]
+    beta = dpo["hyperparameters"]["dpo_beta"]["value"]
     dpo["hyperparameters"]["dpo_beta"]["value"] = 0.25
     recipes.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
 
@@ -437,7 +437,7 @@ def test_editing_one_recipe_reruns_only_its_stages(pipeline: Project, tmp_path: 
     changed = json.loads(clone.dvc("status", "--with-deps", *LEAVES, "--json").stdout)
     assert set(changed) == {"smollm2-135m-dpo"}, changed
     diff = json.loads(clone.dvc("params", "diff", "--json").stdout)
-    row = {"old": before, "new": 0.25, "diff": 0.25 - before}
+    row = {"old": beta, "new": 0.25, "diff": 0.25 - beta}
     assert diff == {"pipelines/params/smollm2-135m-dpo.json": {"dpo_beta": row}}, diff
 
     out = clone.dvc("repro", *LEAVES)
