@@ -16,12 +16,22 @@ length), stopping at the EOS token and cut at the task's stop strings afterwards
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 Group = tuple[list[int], list[list[int]]]  # (context tokens, [continuation tokens per choice])
+
+
+def binomial_se(values: list[int]) -> float:
+    """Standard error of a 0/1 metric's mean over the n items evaluated (NaN below 2 items)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    p = sum(values) / n
+    return math.sqrt(p * (1 - p) / n)
 
 
 def common_prefix(seqs: Iterable[Sequence[int]]) -> list[int]:

@@ -19,14 +19,7 @@ from typing import Any
 from registry.errors import ReproError
 from runner.evaltasks import data as eval_data
 from runner.evaltasks import olmes_tasks as ot
-
-
-def _se(values: list[int]) -> float:
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    p = sum(values) / n
-    return math.sqrt(p * (1 - p) / n)
+from runner.evaltasks.engine import binomial_se
 
 
 def cut_at_stops(text: str, stops: tuple[str, ...]) -> str:
@@ -74,7 +67,7 @@ def run_olmes_task(task: ot.OlmesTask, model: Any, tokenizer: Any, *, limit: int
         details += [{"part": part.name, "row": i, "prediction": t, "scores": s}
                     for i, t, s in zip(picked, texts, scores)]
         parts_out.append({"part": part.name, "value": 100.0 * sum(values) / len(values), "n": len(values),
-                          "n_total": len(loaded.rows), "standard_error": 100.0 * _se(values),
+                          "n_total": len(loaded.rows), "standard_error": 100.0 * binomial_se(values),
                           "metrics": {k: 100.0 * sum(s[k] for s in scores) / len(scores) for k in scores[0]},
                           "subset_indices_sha256": hashlib.sha256(json.dumps(picked).encode()).hexdigest(),
                           **loaded.record()})

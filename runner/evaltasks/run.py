@@ -22,6 +22,7 @@ from registry.errors import ReproError
 from runner.evaltasks import data as eval_data
 from runner.evaltasks import lighteval_tasks as lt
 from runner.evaltasks import olmes_tasks as ot
+from runner.evaltasks.engine import binomial_se
 
 SUITES: dict[str, dict[str, Any]] = {"smollm2": lt.TASKS, "tulu3": ot.TASKS}
 DEFAULT_TASKS = {"smollm2": ("hellaswag", "piqa", "arc", "mmlu_cloze", "gsm8k"), "tulu3": ("gsm8k", "math")}
@@ -114,14 +115,6 @@ def load_model(model_dir: Path, dtype: str = "float32", threads: int | None = No
     return model, tokenizer
 
 
-def _se(values: list[int]) -> float:
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    p = sum(values) / n
-    return math.sqrt(p * (1 - p) / n)
-
-
 def _fewshot_pool(task: lt.LightevalTask, part_docs: list[lt.Doc]) -> tuple[list[lt.Doc], str | None]:
     """lighteval draws GSM8K's examples from the train split; the offline mirror has only the test
     split, so the pool is the test split (the evaluated doc excluded) and the run says so."""
@@ -199,7 +192,7 @@ def run_task(task: lt.LightevalTask, model, tokenizer, *, limit: int | None, pro
             deviations.append(f"{part.name}: {loaded.source.split} split, the published run used "
                               f"{part.published_split}")
         parts_out.append({"part": part.name, "value": 100.0 * sum(correct) / len(correct), "n": len(correct),
-                          "n_total": len(docs), "standard_error": 100.0 * _se(correct),
+                          "n_total": len(docs), "standard_error": 100.0 * binomial_se(correct),
                           "subset_indices_sha256": hashlib.sha256(json.dumps(picked).encode()).hexdigest(),
                           **loaded.record()})
     value = sum(p["value"] for p in parts_out) / len(parts_out)
