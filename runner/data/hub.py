@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import ReproError
+from runner.data.ground_truth import check_ground_truth  # the stages call it through this module too
 
 if TYPE_CHECKING:
     from registry.recipes import Registry
@@ -325,15 +326,8 @@ def preflight(plan: RunPlan) -> None:
     for entry in entries:
         rows = load_split(entry)
         if entry.get("schema") == "rlvr":
-            from runner import verifiers
-
             for i, row in enumerate(rows, start=1):
-                try:
-                    problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
-                except ValueError as exc:
-                    problem = str(exc)
-                if problem:
-                    raise DataError(f"{label(entry)} row {i}: malformed ground truth: {problem}")
+                check_ground_truth(entry, i, row)
 
 
 def train_rows(plan: RunPlan) -> list[dict[str, Any]]:

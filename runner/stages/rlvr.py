@@ -59,9 +59,7 @@ def prompt_rows(plan, tokenizer) -> tuple[list[dict[str, Any]], int]:
     max_total = plan.hp("max_seq_length")
     for entry in [d for d in plan.datasets if d["role"] == "train"]:
         for i, row in enumerate(load_rows(entry), start=1):
-            problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
-            if problem:
-                raise ReproError(f"{hub.label(entry)} row {i}: malformed ground truth: {problem}")
+            hub.check_ground_truth(entry, i, row)
             messages = row["messages"][:-1] if len(row["messages"]) > 1 else row["messages"]
             ids = tokenizer(render(messages, plan.chat_template, tokenizer.eos_token, add_generation_prompt=True),
                             add_special_tokens=False)["input_ids"]
