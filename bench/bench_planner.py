@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registry.errors import ReproError
 from registry.recipes import load_recipes
-from runner.planner import plan_layout
+from runner.layouts import plan_layout
 
 MAX_GPUS = 512
 

@@ -19,14 +19,16 @@ def _apps() -> tuple[Any, Any]:
     import typer
 
     from registry.cli import app
-    from runner import eval_cli, plan_cli, plots, run_cli
+    from runner import eval_cli, plots
+    from runner.commands import plan as plan_command
+    from runner.commands import run as run_command
 
     plot_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="PNG pictures: LR schedules, run curves, scorecards.")
     app.add_typer(plot_app, name="plot")
-    run_cli.register(app)
+    run_command.register(app)
     plots.register(plot_app)
-    plan_cli.register(app)
+    plan_command.register(app)
     eval_cli.register(app)
     eval_cli.register_plot(plot_app)
     return app, plot_app

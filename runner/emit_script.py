@@ -125,7 +125,7 @@ def build(reg: Registry, recipe: str, stage: str, gpus: int | None, nodes: int |
     changes: list[dict[str, Any]] = []
     layout: dict[str, Any] = {}
     if gpus is not None:
-        from runner.planner import plan_layout
+        from runner.layouts import plan_layout
 
         result = plan_layout(reg, recipe, stage, gpus, nodes=nodes).to_dict()
         if not result["feasible"]:

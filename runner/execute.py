@@ -21,7 +21,7 @@ from registry.errors import ReproError, RunFailed
 from registry.hashing import dvc_hash
 from registry.queries import get_run, latest_succeeded_run
 from registry.recipes import Registry
-from runner.plan import RunPlan
+from runner.plan import RunPlan, limit_updates, max_updates, record_distributed, use_ray
 from runner.records import RunRecord, finish_run, resume_run, start_run, verify_checkpoint
 
 STAGE_MODULES = {"sft": "runner.stages.sft", "dpo": "runner.stages.dpo", "rm": "runner.stages.rm",
@@ -123,11 +123,15 @@ def preflight(plan: RunPlan) -> None:
 def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord | None = None,
             output_dir: Path | None = None, progress: Callable | None = None, max_updates: int | None = None,
             tensorboard: bool = False, accelerator=None) -> RunRecord:
+    """Run the stage in this process. `max_updates=N` is short for `limit_updates(plan, N)` before the call
+    (the limit travels in the plan, as it does to launched processes); `repro run` sets it on the plan."""
+    if max_updates is not None:
+        limit_updates(resume_record.plan if resume_record is not None else plan, max_updates)
     record = resume_record or start_run(plan, inputs, output_dir)
     if resume_record is not None:
         resume_run(record)
     ctx = stage_context(record, resume=resume_record is not None, accelerator=accelerator, progress=progress,
-                        max_updates=max_updates, log_dir=record.run_dir / "tensorboard" if tensorboard else None)
+                        log_dir=record.run_dir / "tensorboard" if tensorboard else None)
     module = importlib.import_module(STAGE_MODULES[plan.stage])
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -158,6 +162,41 @@ def execute(plan: RunPlan, inputs: dict[str, Any], *, resume_record: RunRecord |
     return record
 
 
+def find_resumable(recipe: str, stage: str, profile: str, run_id: str | None) -> RunRecord:
+    """The run `--resume` continues: the newest interrupted run of this stage, or the run named by id.
+
+    A failed run is resumed only when named: it may have failed on bad input, and continuing it silently
+    would hide that. Runs whose process is gone are marked interrupted first (registry.queries.mark_stale_runs)."""
+    import socket
+
+    from registry.queries import latest_run_with_status, mark_stale_runs
+    from registry.run_status import pid_alive
+
+    with session_scope() as session:
+        mark_stale_runs(session, socket.gethostname(), pid_alive)
+        if run_id is not None:
+            row = get_run(session, run_id)
+            if row is None or (row.recipe, row.stage, row.profile) != (recipe, stage, profile):
+                raise ReproError(f"no run {run_id!r} of {recipe}:{stage} ({profile}) to resume; see `repro runs`")
+            if row.status not in ("interrupted", "failed"):
+                raise ReproError(f"run {run_id} is {row.status}; only an interrupted or failed run can resume")
+        else:
+            row = latest_run_with_status(session, recipe, stage, profile, "interrupted")
+            if row is None:
+                raise ReproError(f"no interrupted run of {recipe}:{stage} ({profile}) to resume; start one without "
+                                 "--resume, or name a failed run with --resume-run RUN_ID")
+        found, run_dir = row.id, Path(row.run_dir)
+    try:
+        record = RunRecord.load(run_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReproError(f"run {found} cannot resume: its record {run_dir / 'run.json'} "
+                         f"is unreadable ({exc})") from None
+    if not record.artifacts.get("state"):
+        raise ReproError(f"run {found} saved no resumable state (it stopped before update "
+                         f"{first_state_update(stage)}, when the first is saved); start a new run")
+    return record
+
+
 def first_state_update(stage: str) -> int:
     """After which update a stage first saves resumable state (what a resume can start from)."""
     if stage == "rlvr":
@@ -172,13 +211,13 @@ def _raise_interrupt(_signum, _frame) -> None:
 
 
 def stage_context(record: RunRecord, *, resume: bool = False, accelerator: Any = None,
-                  progress: Callable | None = None, max_updates: int | None = None,
-                  log_dir: Path | None = None) -> Any:
-    """The one place a StageContext is built: for the in-process run and for every launched process."""
+                  progress: Callable | None = None, log_dir: Path | None = None) -> Any:
+    """The one place a StageContext is built: for the in-process run and for every launched process. The
+    update limit comes from the plan (runner.plan.limit_updates), the same in every process."""
     from runner.stagekit import StageContext
 
     return StageContext(plan=record.plan, record=record, resume=resume, accelerator=accelerator, progress=progress,
-                        max_updates=max_updates, log_dir=log_dir)
+                        max_updates=max_updates(record.plan), log_dir=log_dir)
 
 
 def make_accelerator(plan: RunPlan | None = None) -> Any:
@@ -260,24 +299,24 @@ def worker(run_dir: Path) -> None:
     module = importlib.import_module(STAGE_MODULES[record.plan.stage])
     if record.plan.layout.get("launcher") == "ray" and record.plan.profile == "recorded":
         # The Ray driver is a single process: the learner and engine actors are its distributed part.
-        record.plan.extra.setdefault("use_ray", True)
-        module.run(stage_context(record, max_updates=record.plan.extra.get("max_updates")))
+        use_ray(record.plan)
+        module.run(stage_context(record))
         record.save()
         return
     accelerator = make_accelerator(record.plan)
-    ctx = stage_context(record, accelerator=accelerator, max_updates=record.plan.extra.get("max_updates"))
+    ctx = stage_context(record, accelerator=accelerator)
     module.run(ctx)
     # What actually trained, in the record: accelerate falls back quietly (its CPU mode drops DeepSpeed).
     plugin = accelerator.state.deepspeed_plugin
-    record.plan.extra["distributed"] = {"type": accelerator.distributed_type.value,
-                                        "processes": accelerator.num_processes,
-                                        "zero_stage": plugin.zero_stage if plugin is not None else None,
-                                        "zero3_init": bool(plugin.zero3_init_flag) if plugin is not None else None,
-                                        "device": str(accelerator.device)}
+    distributed = {"type": accelerator.distributed_type.value, "processes": accelerator.num_processes,
+                   "zero_stage": plugin.zero_stage if plugin is not None else None,
+                   "zero3_init": bool(plugin.zero3_init_flag) if plugin is not None else None,
+                   "device": str(accelerator.device)}
     import torch
 
     if torch.cuda.is_available():  # rank 0's peak, for bench/gpu_check.py and the record
-        record.plan.extra["distributed"]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+        distributed["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+    record_distributed(record.plan, distributed)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record.save()

@@ -9,10 +9,11 @@ never registered, so one run has one record however many nodes train it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ReproError, RunFailed
+from registry.errors import RunFailed
 from runner.launch import (
     Nodes,
     check_nodes,
@@ -24,7 +25,7 @@ from runner.launch import (
     shell,
     source_env,
 )
-from runner.plan import RunPlan, runs_root
+from runner.plan import RunPlan, record_launch, runs_root, spread_over_processes, use_deepspeed, use_ray
 from runner.records import RunRecord, finish_run, new_run_id, start_run
 
 
@@ -38,56 +39,44 @@ def gpu_blocker(plan: RunPlan, nodes: Nodes, have: int) -> str | None:
             f"{need} GPUs on each of {machines} nodes (found {have} here)")
 
 
-def apply_layout(plan: RunPlan, registry: Any, gpus: int, nodes: int | None) -> None:
-    """`repro run --gpus N [--nodes M]`: the planner's layout for N GPUs, each change a recorded deviation.
+def recorded_blockers(plan: RunPlan, nodes: Nodes | None = None) -> list[str]:
+    """What this machine lacks to run the recorded profile (checked before anything is loaded).
 
-    The planner keeps the effective batch (processes × per-device × accumulation) and the other invariants;
-    a layout that cannot keep them is refused, naming what breaks."""
-    from runner.planner import plan_layout
+    Every node runs the same command, so each needs its own share of the GPUs (gpu_blocker)."""
+    missing = []
+    try:
+        import torch
 
-    result = plan_layout(registry, plan.recipe, plan.stage, gpus, nodes=nodes).to_dict()
-    if not result["feasible"]:
-        raise ReproError(f"no layout on {gpus} GPUs keeps {plan.recipe}:{plan.stage}'s invariants "
-                         f"({', '.join(result['broken'])}); see `repro plan {plan.recipe} --stage {plan.stage} "
-                         f"--gpus {gpus}`")
-    layout = result["layout"]
-    reason = f"--gpus {gpus}" + (f" --nodes {nodes}" if nodes else "") + ": the planner's layout (same effective batch)"
-    for change in result["changes"]:
-        key, planned = change["key"], change["planned"]
-        if key in plan.hyperparameters or key in ("num_processes", "num_machines"):
-            plan.hyperparameters[key] = planned
-        else:
-            plan.layout[key] = planned
-        plan.deviate(key, change["recorded"], planned, reason)
-    if plan.layout.get("gpus") != gpus:
-        plan.deviate("gpus", plan.layout.get("gpus"), gpus, reason)
-    plan.layout.update(gpus=gpus, nodes=layout["num_machines"])
-    plan.hyperparameters.setdefault("num_processes", layout["num_processes"])
-    plan.hyperparameters["num_machines"] = layout["num_machines"]
-    for key in ("zero_stage", "deepspeed_config"):
-        if layout.get(key) is not None and layout[key] != plan.layout.get(key):
-            plan.deviate(key, plan.layout.get(key), layout[key], reason)
-            plan.layout[key] = layout[key]
-    plan.layout["offload"] = bool(layout.get("offload_optimizer") or layout.get("offload_params"))
-    plan.extra["planned_layout"] = {"gpus": gpus, "nodes": layout["num_machines"], "feasible": True}
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        have = 0
+        missing.append("torch is not installed (pip install 'repro[train]')")
+    short = gpu_blocker(plan, nodes or Nodes(), have)
+    if plan.extra.get("device") == "cpu":
+        short = None  # --device cpu: CPU processes stand in for the GPUs (a recorded deviation)
+    if short:
+        missing.append(short)
+    # Data from a mirror or files need no Hub; the models are checked where they are resolved (check_models).
+    hub_data = [d for d in plan.datasets if not d.get("path") and not d.get("mirror") and not d.get("internal")]
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and hub_data:
+        missing.append("the Hugging Face Hub (HF_HUB_OFFLINE=1) to load the recorded model and data")
+    return missing
 
 
 def run_recorded(plan: RunPlan, inputs: dict[str, Any], nodes: Nodes, output_dir: Path | None) -> RunRecord | None:
     """Start the recorded launcher on this node and wait for it; the record on rank 0, None on the others."""
     check_nodes(plan, nodes)
     if plan.layout.get("launcher") == "ray":
-        plan.extra["use_ray"] = True
-        if nodes.num_machines > 1:
-            plan.extra["ray_address"] = f"{nodes.main_process_ip}:{nodes.main_process_port}"
+        use_ray(plan, f"{nodes.main_process_ip}:{nodes.main_process_port}" if nodes.num_machines > 1 else None)
     if nodes.is_head:
         record = start_run(plan, inputs, output_dir)
     else:
         record = worker_copy(plan, inputs, nodes)
     commands = [resolve_executables(c) for c in launch_commands(plan, record.run_dir, nodes)]
     # The launch as it actually runs, in the record (and, through finish_run, in the database row's plan).
-    record.plan.extra["launch"] = {"commands": [shell(c) for c in commands], "num_machines": nodes.num_machines,
-                                   "machine_rank": nodes.machine_rank, "main_process_ip": nodes.main_process_ip,
-                                   "main_process_port": nodes.main_process_port}
+    record_launch(record.plan, {"commands": [shell(c) for c in commands], "num_machines": nodes.num_machines,
+                                "machine_rank": nodes.machine_rank, "main_process_ip": nodes.main_process_ip,
+                                "main_process_port": nodes.main_process_port})
     record.save()
     log = record.run_dir / "launch.log"
     code = run_commands(commands, log, source_env())
@@ -115,30 +104,16 @@ def run_multiprocess(plan: RunPlan, inputs: dict[str, Any], num_processes: int, 
     """`--launcher accelerate` on CPU: N real processes on gloo (DDP, or DeepSpeed with --deepspeed).
 
     The effective batch stays the plan's: the micro-batches one update sums over (processes × accumulation)
-    are spread over the N processes, so N must divide them."""
+    are spread over the N processes, so N must divide them (runner.plan.spread_over_processes)."""
     from runner.launch import cpu_launch, resolve_deepspeed_config
 
-    before = int(plan.hp("num_processes", 1) or 1)
-    ga = int(plan.hp("gradient_accumulation_steps", 1))
-    micro = before * ga
-    if micro % num_processes:
-        raise ReproError(f"{micro} micro-batches per update ({before} processes × gradient_accumulation_steps {ga}) "
-                         f"do not divide over {num_processes} processes; the effective batch would change")
-    plan.deviate("num_processes", plan.recorded.get("num_processes"), num_processes,
-                 "--launcher accelerate on CPU (gloo)")
-    plan.hyperparameters["gradient_accumulation_steps"] = micro // num_processes
-    plan.hyperparameters["num_processes"] = num_processes
-    if plan.hyperparameters.get("num_machines") not in (None, 1):  # a recorded multi-node layout, on one machine
-        plan.deviate("num_machines", plan.recorded.get("num_machines"), 1, "--launcher accelerate on one CPU machine")
-        plan.hyperparameters["num_machines"] = 1
-    plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"),
-                 micro // num_processes, f"effective batch kept across {num_processes} processes")
+    spread_over_processes(plan, num_processes)
     if deepspeed:
         resolve_deepspeed_config(deepspeed)  # a bad name is bad input: refuse before any record exists
-        plan.extra["deepspeed"] = deepspeed
+        use_deepspeed(plan, deepspeed)
     record = start_run(plan, inputs, output_dir)
     argv, env = cpu_launch(num_processes, record.run_dir, deepspeed)
-    record.plan.extra["launch"] = {"commands": [shell(argv)], "num_machines": 1, "machine_rank": 0}
+    record_launch(record.plan, {"commands": [shell(argv)], "num_machines": 1, "machine_rank": 0})
     record.save()
     code = run_commands([argv], record.run_dir / "launch.log", env)
     return _finish(RunRecord.load(record.run_dir), code, record.run_dir / "launch.log")

@@ -1,5 +1,5 @@
 """Memory accounting for the planner: model shapes from the recorded architecture, and the bytes one
-rank holds for a model's states and activations (accounting in runner/planner.py's docstring)."""
+rank holds for a model's states and activations (accounting in runner/layouts.py's docstring)."""
 
 from __future__ import annotations
 

@@ -344,5 +344,156 @@ def _display_path(path: str) -> str:
     return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(resolved)
 
 
+# Changes the run command and the launchers make. A resolved plan changes only here (and in the block the
+# stages own, at the end): each function takes one flag or one fact about the launch and records every
+# value it moves away from the recording as a deviation, so no caller can change a value silently.
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+DEVICES = ("cuda", "cpu")
+
+
+def limit_updates(plan: RunPlan, updates: int | None) -> None:
+    """`--max-steps N`: stop after N optimizer updates. The plan is the one carrier of the limit (it is in
+    run.json), so the in-process run and every launched process read the same value (`max_updates`).
+    None clears it: a resumed run goes on to the end unless it is given a limit of its own."""
+    if updates is None:
+        plan.extra.pop("max_updates", None)
+    else:
+        plan.extra["max_updates"] = updates
+
+
+def max_updates(plan: RunPlan) -> int | None:
+    return plan.extra.get("max_updates")
+
+
+def apply_recorded_options(plan: RunPlan, registry: Registry, hub_mirror: Path | None, precision: str | None,
+                           device: str | None, public_stand_in: bool, launcher: str) -> Path | None:
+    """--hub-mirror / REPRO_HUB_MIRROR, --precision, --device and --public-stand-in, applied to the plan with
+    their deviations; returns the mirror directory (None: the Hub)."""
+    from runner.data import hub
+
+    if plan.profile != "recorded":
+        given = [flag for flag, value in (("--hub-mirror", hub_mirror), ("--precision", precision),
+                                          ("--device", device), ("--public-stand-in", public_stand_in)) if value]
+        if given:
+            raise ReproError(f"{given[0]} applies to the recorded profile (the smoke profile reads the fixtures "
+                             "on CPU in float32)")
+        return None
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ReproError(f"unknown --precision {precision!r} (valid: {', '.join(PRECISIONS)})")
+        before = plan.hp("precision")
+        plan.hyperparameters["precision"] = precision
+        if before != precision:
+            plan.deviate("precision", before, precision, "--precision on the command line")
+    if device is not None:
+        if device not in DEVICES:
+            raise ReproError(f"unknown --device {device!r} (valid: {', '.join(DEVICES)})")
+        plan.extra["device"] = device
+    if device == "cpu":
+        gpus = plan.layout.get("gpus") or plan.hp("num_processes") or 1
+        plan.deviate("device", f"{gpus} GPUs", "cpu", "--device cpu on the command line")
+        procs = plan.hp("num_processes") or 1
+        if launcher == "local" and procs > 1:
+            # One process keeps the recorded effective batch: its accumulation covers the missing processes.
+            ga = plan.hp("gradient_accumulation_steps", 1) * procs
+            plan.hyperparameters.update({"num_processes": 1, "num_machines": 1, "gradient_accumulation_steps": ga})
+            plan.deviate("num_processes", plan.recorded.get("num_processes"), 1, "--device cpu runs one process")
+            plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"), ga,
+                         "one process accumulates what the recorded processes computed (same effective batch)")
+    mirror = hub.mirror_root(hub_mirror)
+    hub.attach_sources(plan, registry, mirror, public_stand_in)
+    if mirror is not None:
+        plan.extra["hub_mirror"] = str(mirror)
+    return mirror
+
+
+def apply_layout(plan: RunPlan, registry: Registry, gpus: int, nodes: int | None) -> None:
+    """`repro run --gpus N [--nodes M]`: the layout planner's layout for N GPUs, each change a deviation.
+
+    runner.layouts keeps the effective batch (processes × per-device × accumulation) and the other
+    invariants; a layout that cannot keep them is refused, naming what breaks."""
+    from runner.layouts import plan_layout
+
+    result = plan_layout(registry, plan.recipe, plan.stage, gpus, nodes=nodes).to_dict()
+    if not result["feasible"]:
+        raise ReproError(f"no layout on {gpus} GPUs keeps {plan.recipe}:{plan.stage}'s invariants "
+                         f"({', '.join(result['broken'])}); see `repro plan {plan.recipe} --stage {plan.stage} "
+                         f"--gpus {gpus}`")
+    layout = result["layout"]
+    reason = f"--gpus {gpus}" + (f" --nodes {nodes}" if nodes else "") + ": the planner's layout (same effective batch)"
+    for change in result["changes"]:
+        key, planned = change["key"], change["planned"]
+        if key in plan.hyperparameters or key in ("num_processes", "num_machines"):
+            plan.hyperparameters[key] = planned
+        else:
+            plan.layout[key] = planned
+        plan.deviate(key, change["recorded"], planned, reason)
+    if plan.layout.get("gpus") != gpus:
+        plan.deviate("gpus", plan.layout.get("gpus"), gpus, reason)
+    plan.layout.update(gpus=gpus, nodes=layout["num_machines"])
+    plan.hyperparameters.setdefault("num_processes", layout["num_processes"])
+    plan.hyperparameters["num_machines"] = layout["num_machines"]
+    for key in ("zero_stage", "deepspeed_config"):
+        if layout.get(key) is not None and layout[key] != plan.layout.get(key):
+            plan.deviate(key, plan.layout.get(key), layout[key], reason)
+            plan.layout[key] = layout[key]
+    plan.layout["offload"] = bool(layout.get("offload_optimizer") or layout.get("offload_params"))
+    plan.extra["planned_layout"] = {"gpus": gpus, "nodes": layout["num_machines"], "feasible": True}
+
+
+def spread_over_processes(plan: RunPlan, num_processes: int) -> None:
+    """`--launcher accelerate` on CPU: the micro-batches one update sums over (processes × accumulation)
+    spread over N processes on one machine, so the effective batch stays the plan's; N must divide them."""
+    before = int(plan.hp("num_processes", 1) or 1)
+    ga = int(plan.hp("gradient_accumulation_steps", 1))
+    micro = before * ga
+    if micro % num_processes:
+        raise ReproError(f"{micro} micro-batches per update ({before} processes × gradient_accumulation_steps {ga}) "
+                         f"do not divide over {num_processes} processes; the effective batch would change")
+    plan.deviate("num_processes", plan.recorded.get("num_processes"), num_processes,
+                 "--launcher accelerate on CPU (gloo)")
+    plan.hyperparameters["gradient_accumulation_steps"] = micro // num_processes
+    plan.hyperparameters["num_processes"] = num_processes
+    if plan.hyperparameters.get("num_machines") not in (None, 1):  # a recorded multi-node layout, on one machine
+        plan.deviate("num_machines", plan.recorded.get("num_machines"), 1, "--launcher accelerate on one CPU machine")
+        plan.hyperparameters["num_machines"] = 1
+    plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"),
+                 micro // num_processes, f"effective batch kept across {num_processes} processes")
+
+
+def use_deepspeed(plan: RunPlan, config: str) -> None:
+    """`--launcher accelerate --deepspeed NAME`: the CPU processes run under this DeepSpeed config."""
+    plan.extra["deepspeed"] = config
+
+
+def use_ray(plan: RunPlan, address: str | None = None) -> None:
+    """RLVR with its learner and generation engine as Ray actors (`--ray`, a recorded Ray launch); with an
+    address, the driver joins that cluster instead of starting a local one."""
+    plan.extra["use_ray"] = True
+    if address is not None:
+        plan.extra["ray_address"] = address
+
+
+def attach_inputs(plan: RunPlan, inputs: dict[str, dict[str, Any]]) -> None:
+    """The resolved input checkpoints; each `--input` substitute is a deviation from the recorded input."""
+    plan.inputs = inputs
+    for role, ref in inputs.items():
+        if ref.get("substituted"):
+            plan.deviate(f"input.{role}", ref.get("substitutes"), ref["path"],
+                         "--input substitution on the command line")
+
+
+def record_launch(plan: RunPlan, launch: dict[str, Any]) -> None:
+    """The commands a launcher actually ran, and where (run.json's plan.extra.launch)."""
+    plan.extra["launch"] = launch
+
+
+def record_distributed(plan: RunPlan, distributed: dict[str, Any]) -> None:
+    """What a launched run actually trained with (DDP or DeepSpeed, ZeRO stage, processes, device): accelerate
+    falls back quietly (its CPU mode drops DeepSpeed), so the record states it (plan.extra.distributed)."""
+    plan.extra["distributed"] = distributed
+
+
 def runs_root() -> Path:
     return Path(os.environ.get("REPRO_RUNS_DIR", "runs")).resolve()

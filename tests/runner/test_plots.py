@@ -60,7 +60,7 @@ class _Plan:
 
 def test_progress_bar_shows_total_and_eta(monkeypatch):
     """The stage reports its update count; the bar then renders N/TOTAL, and rich can estimate the rest."""
-    from runner import run_cli
+    from runner.commands import run as run_cli
     from runner.stagekit import StageContext, report_total
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
@@ -81,7 +81,7 @@ def test_progress_bar_shows_total_and_eta(monkeypatch):
 
 def test_progress_reaches_the_bar_from_a_run(cli, monkeypatch):
     """A real (short) smoke run tells the bar its total: --max-steps 2 of the Tülu 3 SFT."""
-    from runner import run_cli
+    from runner.commands import run as run_cli
 
     seen: list[int] = []
     real_total = run_cli._progress.total

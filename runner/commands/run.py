@@ -1,8 +1,10 @@
-"""`repro run`: plan, check, execute (or resume) one stage; `repro plot`."""
+"""`repro run`: plan, check, execute (or resume) one stage.
+
+Argument parsing and printing only: every change to the plan is a named function of runner.plan, the
+run itself is runner.execute / runner.launched, and the database is written there, never here."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -21,33 +23,6 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
         role, value = pair.split("=", 1)
         out[role.strip()] = value.strip()
     return out
-
-
-def recorded_blockers(plan: Any, nodes: Any = None) -> list[str]:
-    """What this machine lacks to run the recorded profile (checked before anything is loaded).
-
-    Every node runs the same command, so each needs its own share of the GPUs (runner.launched.gpu_blocker)."""
-    from runner.launch import Nodes
-    from runner.launched import gpu_blocker
-
-    missing = []
-    try:
-        import torch
-
-        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:
-        have = 0
-        missing.append("torch is not installed (pip install 'repro[train]')")
-    short = gpu_blocker(plan, nodes or Nodes(), have)
-    if plan.extra.get("device") == "cpu":
-        short = None  # --device cpu: CPU processes stand in for the GPUs (a recorded deviation)
-    if short:
-        missing.append(short)
-    # Data from a mirror or files need no Hub; the models are checked where they are resolved (check_models).
-    hub_data = [d for d in plan.datasets if not d.get("path") and not d.get("mirror") and not d.get("internal")]
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and hub_data:
-        missing.append("the Hugging Face Hub (HF_HUB_OFFLINE=1) to load the recorded model and data")
-    return missing
 
 
 def run_cmd(
@@ -98,8 +73,8 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Execute one stage (or print its plan with --dry-run)."""
+    from runner import plan as plans
     from runner.launch import describe
-    from runner.plan import parse_sets, resolve
 
     reg = registry()
     reg.stage(recipe, stage)
@@ -136,18 +111,15 @@ def run_cmd(
         from runner.records import check_output_dir
 
         check_output_dir(output_dir)
-    overrides = parse_sets(sets)
+    overrides = plans.parse_sets(sets)
     substitutes = _parse_inputs(inputs)
-    plan = resolve(reg, recipe, stage, profile, overrides)
-    mirror = _recorded_options(plan, reg, hub_mirror, precision, device, public_stand_in, launcher)
-    if max_steps is not None:
-        plan.extra["max_updates"] = max_steps
+    plan = plans.resolve(reg, recipe, stage, profile, overrides)
+    mirror = plans.apply_recorded_options(plan, reg, hub_mirror, precision, device, public_stand_in, launcher)
+    plans.limit_updates(plan, max_steps)
     if gpus is not None:
         if plan.extra.get("device") == "cpu":
             raise ReproError("--gpus lays the stage out on GPUs; --device cpu runs it on CPU: give one of them")
-        from runner.launched import apply_layout
-
-        apply_layout(plan, reg, gpus, nodes or (num_machines if num_machines > 1 else None))
+        plans.apply_layout(plan, reg, gpus, nodes or (num_machines if num_machines > 1 else None))
     own_launcher = profile == "recorded" and launcher == "local" and plan.extra.get("device") != "cpu"
     if own_launcher:
         if node_spec.num_machines > 1:  # flags that disagree with the plan come before the GPU count they imply
@@ -160,12 +132,11 @@ def run_cmd(
     if ray or ray_address is not None:
         if stage != "rlvr":
             raise ReproError("--ray and --ray-address apply to the rlvr stage only")
-        plan.extra["use_ray"] = True
-    if ray_address is not None:
-        from runner.ray_rlvr import check_address
+        if ray_address is not None:
+            from runner.ray_rlvr import check_address
 
-        check_address(ray_address)
-        plan.extra["ray_address"] = ray_address
+            check_address(ray_address)
+        plans.use_ray(plan, ray_address)
     if dry_run:
         doc = {"plan": plan.to_json(), "launch": describe(plan, node_spec),
                "recorded_command": (reg.stage(recipe, stage).command.text
@@ -174,26 +145,25 @@ def run_cmd(
             return emit_json(doc)
         return _print_plan(plan, doc)
     if profile == "recorded":
+        from runner.launched import recorded_blockers
+
         missing = recorded_blockers(plan, node_spec)
         if missing:
             raise ReproError(f"the recorded profile of {recipe}:{stage} needs {'; '.join(missing)}. See it with "
                              f"`repro run {recipe} --stage {stage} --dry-run` or `repro plan {recipe} --stage {stage} "
                              f"--gpus N`, or run the miniature with --profile smoke")
-    from runner.execute import execute, preflight, resolve_inputs
+    from runner.execute import execute, find_resumable, preflight, resolve_inputs
 
     resume_record = None
     if resume or resume_run is not None:
-        resume_record = _resumable(recipe, stage, profile, resume_run)
+        resume_record = find_resumable(recipe, stage, profile, resume_run)
         plan = resume_record.plan
+        plans.limit_updates(plan, max_steps)  # this invocation's --max-steps, not the interrupted one's
         resolved = resume_record.inputs
     else:
         preflight(plan)
         resolved = resolve_inputs(reg, plan, substitutes)
-        plan.inputs = resolved
-        for role, ref in resolved.items():
-            if ref.get("substituted"):
-                plan.deviate(f"input.{role}", ref.get("substitutes"), ref["path"],
-                             "--input substitution on the command line")
+        plans.attach_inputs(plan, resolved)
         from runner.stagekit import check_models
 
         check_models(plan, reg, mirror)
@@ -213,7 +183,7 @@ def run_cmd(
     else:
         with _progress(plan, as_json) as progress:
             record = execute(plan, resolved, resume_record=resume_record, output_dir=output_dir,
-                             progress=progress, max_updates=max_steps, tensorboard=tensorboard)
+                             progress=progress, tensorboard=tensorboard)
     summary = {"run_id": record.run_id, "status": record.status, "run_dir": str(record.run_dir),
                "final_metrics": record.final_metrics, "deviations": len(record.plan.deviations)}
     if as_json:
@@ -222,91 +192,6 @@ def run_cmd(
     out.print(f"[bold green]{record.status}[/bold green] {record.run_id}  →  {record.run_dir}")
     out.print("final: " + ", ".join(f"{k}={fmt(v)}" for k, v in record.final_metrics.items() if v is not None))
     out.print(f"{len(record.plan.deviations)} deviations from the recording (repro runs / run.json)")
-
-
-PRECISIONS = ("bf16", "fp16", "fp32")
-DEVICES = ("cuda", "cpu")
-
-
-def _recorded_options(plan: Any, reg: Any, hub_mirror: Path | None, precision: str | None, device: str | None,
-                      public_stand_in: bool, launcher: str) -> Path | None:
-    """--hub-mirror / REPRO_HUB_MIRROR, --precision, --device and --public-stand-in, applied to the plan with
-    their deviations; returns the mirror directory (None: the Hub)."""
-    from runner.data import hub
-
-    if plan.profile != "recorded":
-        given = [flag for flag, value in (("--hub-mirror", hub_mirror), ("--precision", precision),
-                                          ("--device", device), ("--public-stand-in", public_stand_in)) if value]
-        if given:
-            raise ReproError(f"{given[0]} applies to the recorded profile (the smoke profile reads the fixtures "
-                             "on CPU in float32)")
-        return None
-    if precision is not None:
-        if precision not in PRECISIONS:
-            raise ReproError(f"unknown --precision {precision!r} (valid: {', '.join(PRECISIONS)})")
-        before = plan.hp("precision")
-        plan.hyperparameters["precision"] = precision
-        if before != precision:
-            plan.deviate("precision", before, precision, "--precision on the command line")
-    if device is not None:
-        if device not in DEVICES:
-            raise ReproError(f"unknown --device {device!r} (valid: {', '.join(DEVICES)})")
-        plan.extra["device"] = device
-    if device == "cpu":
-        gpus = plan.layout.get("gpus") or plan.hp("num_processes") or 1
-        plan.deviate("device", f"{gpus} GPUs", "cpu", "--device cpu on the command line")
-        procs = plan.hp("num_processes") or 1
-        if launcher == "local" and procs > 1:
-            # One process keeps the recorded effective batch: its accumulation covers the missing processes.
-            ga = plan.hp("gradient_accumulation_steps", 1) * procs
-            plan.hyperparameters.update({"num_processes": 1, "num_machines": 1, "gradient_accumulation_steps": ga})
-            plan.deviate("num_processes", plan.recorded.get("num_processes"), 1, "--device cpu runs one process")
-            plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"), ga,
-                         "one process accumulates what the recorded processes computed (same effective batch)")
-    mirror = hub.mirror_root(hub_mirror)
-    hub.attach_sources(plan, reg, mirror, public_stand_in)
-    if mirror is not None:
-        plan.extra["hub_mirror"] = str(mirror)
-    return mirror
-
-
-def _resumable(recipe: str, stage: str, profile: str, run_id: str | None):
-    """The run `--resume` continues: the newest interrupted run of this stage, or the run named by id.
-
-    A failed run is resumed only when named: it may have failed on bad input, and continuing it silently
-    would hide that."""
-    import socket
-
-    from registry.database import session_scope
-    from registry.queries import get_run, latest_run_with_status, mark_stale_runs
-    from registry.run_status import pid_alive
-    from runner.records import RunRecord
-
-    with session_scope() as session:
-        mark_stale_runs(session, socket.gethostname(), pid_alive)
-        if run_id is not None:
-            row = get_run(session, run_id)
-            if row is None or (row.recipe, row.stage, row.profile) != (recipe, stage, profile):
-                raise ReproError(f"no run {run_id!r} of {recipe}:{stage} ({profile}) to resume; see `repro runs`")
-            if row.status not in ("interrupted", "failed"):
-                raise ReproError(f"run {run_id} is {row.status}; only an interrupted or failed run can resume")
-        else:
-            row = latest_run_with_status(session, recipe, stage, profile, "interrupted")
-            if row is None:
-                raise ReproError(f"no interrupted run of {recipe}:{stage} ({profile}) to resume; start one without "
-                                 "--resume, or name a failed run with --resume-run RUN_ID")
-        found, run_dir = row.id, Path(row.run_dir)
-    try:
-        record = RunRecord.load(run_dir)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ReproError(f"run {found} cannot resume: its record {run_dir / 'run.json'} "
-                         f"is unreadable ({exc})") from None
-    if not record.artifacts.get("state"):
-        from runner.execute import first_state_update
-
-        raise ReproError(f"run {found} saved no resumable state (it stopped before update "
-                         f"{first_state_update(stage)}, when the first is saved); start a new run")
-    return record
 
 
 class _progress:

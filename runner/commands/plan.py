@@ -29,7 +29,7 @@ def plan_cmd(recipe: str,
 
     Example: repro plan tulu3-8b --stage sft --gpus 8
     """
-    from runner.planner import plan_layout
+    from runner.layouts import plan_layout
 
     result = plan_layout(registry(), recipe, stage, gpus, gpu_memory_gb=gpu_memory, nodes=nodes)
     doc = result.to_dict()

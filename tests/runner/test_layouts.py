@@ -1,4 +1,4 @@
-"""The planner: recorded batch semantics kept on other GPU counts, memory verdicts, named invariants."""
+"""runner.layouts: recorded batch semantics kept on other GPU counts, memory verdicts, named invariants."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from registry.errors import ReproError
 from registry.recipes import load_recipes
-from runner.planner import PlannedLayout, memory_per_gpu, minimum_gpus, plan_layout
+from runner.layouts import PlannedLayout, memory_per_gpu, minimum_gpus, plan_layout
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_405b_memory_does_not_fit_on_8_gpus_even_with_offload(reg):
 
 
 def test_parameter_counts_from_shapes(reg):
-    from runner.planner import shape_of
+    from runner.layouts import shape_of
 
     assert shape_of(reg.recipe("smollm2-1.7b").architecture)[0].params() == 1_711_376_384  # facts/smollm2.md §1
     assert 8.0e9 < shape_of(reg.recipe("tulu3-8b").architecture)[0].params() < 8.1e9
@@ -140,7 +140,7 @@ def test_bad_input(reg, kwargs, message):
 
 
 def test_every_recorded_layout_is_reproduced_at_its_gpu_count(reg):
-    from runner.planner import _context, _recorded
+    from runner.layouts import _context, _recorded
 
     for name, recipe in reg.recipes.items():
         for stage in recipe.stage_names:
@@ -181,7 +181,7 @@ def test_cli_bad_input_exits_2_with_one_line(cli, args, message):
 
 
 def test_planner_imports_no_torch():
-    probe = ("import sys, runner.planner, runner.plan_cli; "
+    probe = ("import sys, runner.layouts, runner.commands.plan; "
              "print(','.join(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
