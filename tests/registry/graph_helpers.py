@@ -28,6 +28,15 @@ def record_run(session, run_id: str, recipe: str = "tulu3-8b", stage: str = "sft
     add_edges(session, edges)
 
 
+def record_rlvr_pair(session) -> None:
+    """Two RLVR runs that share all their parents: init and reference from run dpo-1, reward and value
+    model from run rm-1 (the shared-ancestor case the walks must expand once)."""
+    for i in (1, 2):
+        record_run(session, f"rlvr-{i}", stage="rlvr", minutes=3 + i,
+                   parents=[("run:dpo-1", "init", "h3", None), ("run:rm-1", "reward_model", "h4", None),
+                            ("run:rm-1", "value_model", "h4", None), ("run:dpo-1", "reference", "h3", None)])
+
+
 def previous_lineage_tree(session, root: str, downstream: bool = False, max_depth: int = 10_000) -> LineageNode:
     """The walk as it was: every edge loaded into Python, recursive depth-first build."""
     edges = list(session.scalars(select(LineageEdgeRow)))

@@ -16,7 +16,7 @@ from registry.database import session_scope
 from registry.queries import add_edges
 from registry.recipes import content_hash, load_recipes
 from registry.sync import sync
-from tests.registry.graph_helpers import record_run
+from tests.registry.graph_helpers import record_rlvr_pair, record_run
 
 SFT_MIX = "dataset:allenai/tulu-3-sft-mixture@md5:aaaa"
 PREFS = "dataset:allenai/tulu-3-pref@md5:bbbb"
@@ -75,10 +75,7 @@ def _smoke_like_chain(db_url, tmp_path) -> None:
                                                                 (PREFS, "train", "h-pref", None)])
         record_run(s, "rm-1", stage="rm", minutes=3, parents=[("run:sft-2", "init", dvc_hash(bad), str(bad)),
                                                               (PREFS, "train", "h-pref", None)])
-        for i in (1, 2):
-            record_run(s, f"rlvr-{i}", stage="rlvr", minutes=3 + i,
-                       parents=[("run:dpo-1", "init", "h3", None), ("run:rm-1", "reward_model", "h4", None),
-                                ("run:rm-1", "value_model", "h4", None), ("run:dpo-1", "reference", "h3", None)])
+        record_rlvr_pair(s)
         add_edges(s, [("run:rlvr-1", "checkpoint:run:rlvr-1", "output", "h5", None)])
         record_run(s, "eval-1", stage="rlvr", minutes=7, status="failed",
                    parents=[("checkpoint:run:rlvr-1", "evaluated", "h5", None)])

@@ -16,7 +16,7 @@ from registry.lineage import lineage_tree, reachable
 from registry.queries import add_edges
 from registry.recipes import load_recipes
 from registry.sync import sync
-from tests.registry.graph_helpers import previous_lineage_tree, previous_reachable, record_run
+from tests.registry.graph_helpers import previous_lineage_tree, previous_reachable, record_rlvr_pair, record_run
 
 SFT_MIX = "dataset:allenai/tulu-3-sft-mixture@md5:aaaa"
 PREFS = "dataset:allenai/tulu-3-pref@md5:bbbb"
@@ -34,10 +34,7 @@ def _shared_ancestor_graph(db_url):
                                                                 (PREFS, "train", "h-pref", None)])
         record_run(s, "rm-1", stage="rm", minutes=3, parents=[("run:sft-2", "init", "h2", None),
                                                               (PREFS, "train", "h-pref", None)])
-        for i in (1, 2):
-            record_run(s, f"rlvr-{i}", stage="rlvr", minutes=3 + i,
-                       parents=[("run:dpo-1", "init", "h3", None), ("run:rm-1", "reward_model", "h4", None),
-                                ("run:rm-1", "value_model", "h4", None), ("run:dpo-1", "reference", "h3", None)])
+        record_rlvr_pair(s)
         add_edges(s, [("run:rlvr-1", "checkpoint:run:rlvr-1", "output", "h5", None)])
         nodes = set(s.scalars(select(LineageEdgeRow.parent))) | set(s.scalars(select(LineageEdgeRow.child)))
     return sorted(nodes)
