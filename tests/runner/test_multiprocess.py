@@ -146,24 +146,11 @@ def test_recorded_profile_zero3_two_processes_match_one_process(cli, tmp_path, m
     """The recorded-profile path (tulu3-8b SFT: sum loss, tulu template, the recorded 64 × 2 micro-batches per
     update) on a tiny Llama from a Hub-shaped mirror, CPU/fp32 override: 2 processes under the recorded
     DeepSpeed ZeRO-3 config (64 micro-batches each) equal 1 process accumulating all 128, step for step."""
-    from test_recorded_profile import rows, shard
-    from transformers import LlamaConfig
-
-    from runner.data.tokenizer import build_tokenizer, fixture_corpus
-    from runner.models import build_model
+    from test_recorded_profile import tiny_llama_and_tulu_mirror
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    init = tmp_path / "tiny-llama"
-    tok = build_tokenizer("tulu", fixture_corpus("tulu"), vocab_size=384)
-    tok.pad_token = None  # as Llama-3.1's tokenizer ships: finetune.py adds "<pad>" itself
-    config = LlamaConfig(vocab_size=384, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    build_model(config, seed=0).save_pretrained(init)
-    tok.save_pretrained(init)
-    mirror = tmp_path / "mirror"
-    shard(mirror / "allenai" / "tulu-3-sft-mixture" / "data", "train", rows("tulu3/tulu-3-sft-mixture.jsonl"))
+    init, mirror = tiny_llama_and_tulu_mirror(tmp_path)
     base = ["run", "tulu3-8b", "--stage", "sft", "--hub-mirror", str(mirror), "--input", f"init={init}",
             "--precision", "fp32", "--device", "cpu", "--max-steps", "2", "--json"]
 

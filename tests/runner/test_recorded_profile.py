@@ -91,13 +91,15 @@ def test_smollm2_dpo_on_the_published_checkpoint(cli, tmp_path, offline):
     assert "revision not verified" in card and "Precision: fp32." in card
 
 
-def test_tulu_sft_from_a_tiny_llama(cli, tmp_path, offline):
+def tiny_llama_and_tulu_mirror(root: Path) -> tuple[Path, Path]:
+    """A tiny Llama saved from config with the Tülu fixture tokenizer (no pad token, as Llama-3.1's ships),
+    and a Hub-shaped mirror holding the Tülu SFT fixture rows as one parquet shard: (init, mirror)."""
     from transformers import LlamaConfig
 
     from runner.data.tokenizer import build_tokenizer, fixture_corpus
     from runner.models import build_model
 
-    init = tmp_path / "tiny-llama"
+    init = root / "tiny-llama"
     tok = build_tokenizer("tulu", fixture_corpus("tulu"), vocab_size=384)
     tok.pad_token = None  # as Llama-3.1's tokenizer ships: finetune.py adds "<pad>" itself
     config = LlamaConfig(vocab_size=384, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -105,8 +107,13 @@ def test_tulu_sft_from_a_tiny_llama(cli, tmp_path, offline):
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     build_model(config, seed=0).save_pretrained(init)
     tok.save_pretrained(init)
-    mirror = tmp_path / "mirror"
+    mirror = root / "mirror"
     shard(mirror / "allenai" / "tulu-3-sft-mixture" / "data", "train", rows("tulu3/tulu-3-sft-mixture.jsonl"))
+    return init, mirror
+
+
+def test_tulu_sft_from_a_tiny_llama(cli, tmp_path, offline):
+    init, mirror = tiny_llama_and_tulu_mirror(tmp_path)
     record = run_record(cli, ["run", "tulu3-8b", "--stage", "sft", "--hub-mirror", str(mirror), "--input",
                               f"init={init}", "--precision", "fp32", "--device", "cpu", "--max-steps", "2"])
     plan = record["plan"]
