@@ -1,7 +1,7 @@
 """`repro plan RECIPE --stage S --gpus N`: a layout that keeps the recorded batch semantics.
 
-Light on purpose (no torch): the planner is arithmetic over recipes.json. The lead registers
-`plan_cmd` on the main app with `register(app)`.
+Light on purpose (no torch): runner.layouts is arithmetic over recipes.json. runner.cli registers
+`plan_cmd` on the main app with `register(app)`; this module parses the flags and prints the answer.
 """
 
 from __future__ import annotations

@@ -161,6 +161,7 @@ def test_two_node_launch_rank_0_owns_the_record(cli, tmp_path, monkeypatch):
     from registry.recipes import load_recipes
     from runner.execute import resolve_inputs
     from runner.launched import run_recorded
+    from runner.plan import limit_updates
     from runner.records import RunRecord
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -168,7 +169,7 @@ def test_two_node_launch_rank_0_owns_the_record(cli, tmp_path, monkeypatch):
     # The smoke plan laid out as torchrun over 2 nodes × 1 process: the same effective batch (GA 8 -> 4).
     plan.layout.update(launcher="torchrun", gpus=2, nodes=2)
     plan.hyperparameters.update(num_processes=2, num_machines=2, gradient_accumulation_steps=4)
-    plan.extra["max_updates"] = 2
+    limit_updates(plan, 2)
     plan.inputs = resolve_inputs(load_recipes(), plan, {})
     port = launch._free_port()
     results: dict[int, object] = {}
@@ -215,6 +216,7 @@ def test_recorded_rm_launch_through_the_accelerate_yaml_runs_zero3(cli, monkeypa
     from registry.recipes import load_recipes
     from runner.execute import resolve_inputs
     from runner.launched import run_recorded
+    from runner.plan import limit_updates
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     for stage in ("sft", "rm"):
@@ -224,7 +226,7 @@ def test_recorded_rm_launch_through_the_accelerate_yaml_runs_zero3(cli, monkeypa
     plan = _plan("tulu3-8b", "rm", "smoke")
     plan.layout.update(launcher="accelerate")  # the smoke plan runs in process; here it is launched as recorded
     plan.hyperparameters.update(num_processes=2, gradient_accumulation_steps=4)  # 1 × 8 micro-batches as 2 × 4
-    plan.extra["max_updates"] = 2
+    limit_updates(plan, 2)
     plan.inputs = resolve_inputs(load_recipes(), plan, {})
     record = run_recorded(plan, plan.inputs, Nodes(main_process_port=launch._free_port()), None)
     command = record.plan.extra["launch"]["commands"][0]
