@@ -166,7 +166,7 @@ def ray_launch(plan: RunPlan, run_dir: str | Path, node: Nodes) -> list[list[str
     address = f"{node.main_process_ip}:{node.main_process_port}"
     if not node.is_head:
         return [["ray", "start", f"--address={address}", "--block"]]
-    # The driver joins that head: `repro run` puts the address into the plan (plan.extra["ray_address"]).
+    # The driver joins that head: runner.launched.run_recorded puts the address into the plan (runner.plan.use_ray).
     return [["ray", "start", "--head", f"--port={node.main_process_port}",
              f"--node-ip-address={node.main_process_ip}"], driver]
 
