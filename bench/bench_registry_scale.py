@@ -110,7 +110,8 @@ def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
             plan_digest, _, dev_digest, _ = variants[(recipe, stage), i % 8]
             node = f"run:{ids[i]}"
             when = t0 + timedelta(seconds=30 * i)
-            runs.append({"id": ids[i], "recipe": recipe, "stage": stage, "profile": "smoke", "status": "succeeded",
+            runs.append({"id": ids[i], "seq": i + 1, "recipe": recipe, "stage": stage, "profile": "smoke",
+                         "status": "succeeded",
                          "run_dir": str(scratch / "runs" / ids[i]), "created_at": when, "finished_at": when,
                          "heartbeat_at": when, "pid": 1000 + i % 30000, "hostname": "bench-host",
                          "git_sha": f"{i % 200:040x}", "git_dirty": False, "plan_digest": plan_digest,
@@ -127,9 +128,10 @@ def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
                 note, digest = ckpt_notes[parents[i] % len(ckpt_notes)]
                 edges.append({"parent": f"run:{ids[parents[i]]}", "child": node, "relation": "init", "origin": "run",
                               "content_hash": digest, "note": note})
-            metrics += [{"run_id": ids[i], "name": name, "value": value, "step": None, "kind": "final",
-                         "protocol": None, "created_at": when}
-                        for name, value in (("train_loss_last", 1.5), ("heldout_loss", 1.7), ("heldout_accuracy", 0.4))]
+            metrics += [{"run_seq": i + 1, "position": k, "name": name, "value": value, "step": None,
+                         "kind": "final", "protocol": None}  # rows name their run by runs.seq (registry.db)
+                        for k, (name, value) in enumerate((("train_loss_last", 1.5), ("heldout_loss", 1.7),
+                                                           ("heldout_accuracy", 0.4)))]
         with engine.begin() as conn:
             conn.execute(RunRow.__table__.insert(), runs)
             key_ids = node_ids(conn, [e[k] for e in edges for k in ("parent", "child")])
@@ -137,6 +139,11 @@ def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
                 e["parent_id"], e["child_id"] = key_ids[e.pop("parent")], key_ids[e.pop("child")]
             conn.execute(LineageEdgeRow.__table__.insert(), edges)
             conn.execute(RunMetricRow.__table__.insert(), metrics)
+    if engine.dialect.name == "postgresql":  # the bench numbered the runs itself: later ORM runs continue after
+        from sqlalchemy import text
+
+        with engine.begin() as conn:
+            conn.execute(text("SELECT setval('runs_seq_seq', :n + 1, false)"), {"n": n})
     built = time.perf_counter() - start
     growth = (db_size(engine) - size0) / n
     per_table = table_bytes(engine, n)

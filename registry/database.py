@@ -29,7 +29,8 @@ from registry.errors import ReproError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # oldest first; the last one is SCHEMA_REVISION
-KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup", "0003_step_series", "0004_lineage_nodes")
+KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup", "0003_step_series", "0004_lineage_nodes",
+                   "0005_run_seq")
 
 
 def safe_url(url: str) -> str:

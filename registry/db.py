@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     case,
     event,
+    func,
     inspect,
     select,
 )
@@ -170,8 +171,13 @@ class RunRow(Base):
     # status 'running': each reads an index instead of the whole table.
     __table_args__ = (Index("ix_runs_newest", "created_at", "id"),
                       Index("ix_runs_recipe_newest", "recipe", "created_at", "id"),
-                      Index("ix_runs_status", "status"))
+                      Index("ix_runs_status", "status"),
+                      Index("ix_runs_seq", "seq", unique=True))
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The run's number, in the order runs were recorded: what run_metrics refers to (4 bytes instead of
+    # the id's 30-60 in each row and index entry). Set on flush (_number_runs_and_metrics); nullable only
+    # because SQLite cannot add a NOT NULL column to runs in place (migration 0005).
+    seq: Mapped[int | None] = mapped_column(Integer)
     recipe: Mapped[str] = mapped_column(String(64))
     stage: Mapped[str] = mapped_column(String(16))
     profile: Mapped[str] = mapped_column(String(16))
@@ -262,22 +268,90 @@ def insert_documents(session_or_conn, rows: dict[str, Any]) -> None:
         conn.execute(table.insert(), missing)
 
 
+class _RunId(ColumnProperty.Comparator):
+    """`RunMetricRow.run_id == ID` (and in_, like, ...) compares on runs and the metric side compares
+    numbers: `run_seq IN (SELECT seq FROM runs WHERE id = ...)`, one primary-key lookup."""
+
+    def operate(self, op: Callable[..., Any], *other: Any, **kwargs: Any) -> ColumnElement[bool]:
+        runs = RunRow.__table__
+        return RunMetricRow.__table__.c.run_seq.in_(select(runs.c.seq).where(op(runs.c.id, *other, **kwargs)))
+
+    def reverse_operate(self, op: Callable[..., Any], other: Any, **kwargs: Any) -> ColumnElement[bool]:
+        runs = RunRow.__table__
+        return RunMetricRow.__table__.c.run_seq.in_(select(runs.c.seq).where(op(other, runs.c.id, **kwargs)))
+
+
 class RunMetricRow(Base):
     """Final and eval metrics, one row each (compare and diff query them). Per-step training values
-    live in RunSeriesRow and in the run directory's steps.tsv, not here."""
+    live in RunSeriesRow and in the run directory's steps.tsv, not here.
+
+    A row names its run by runs.seq; `run_id` reads, compares and constructs as the run's id
+    (RunMetricRow(run_id=ID, ...), `RunMetricRow.run_id == ID`), and `run_seq` and `position` are
+    filled in when the session flushes. `position` numbers a run's rows in the order they were
+    written: readers let a later eval value of a name replace an earlier one. The primary key
+    (run_seq, position) is the one index: a run holds a handful of rows."""
 
     __tablename__ = "run_metrics"
-    # compare/plot read one metric's series of one run at a time.
-    # (Its run_id prefix also serves the foreign key; a separate run_id index would only add bytes.)
-    __table_args__ = (Index("ix_run_metrics_lookup", "run_id", "kind", "name"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    run_seq: Mapped[int] = mapped_column(ForeignKey("runs.seq", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16), default="train")  # final | eval (train: old rows)
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float] = mapped_column(Float)
     step: Mapped[int | None] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16), default="train")  # train | eval
     protocol: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+_METRICS = RunMetricRow.__table__
+RunMetricRow.run_id = column_property(
+    case((_METRICS.c.run_seq.is_not(None),
+          select(RunRow.__table__.c.id).where(RunRow.__table__.c.seq == _METRICS.c.run_seq)
+          .correlate_except(RunRow.__table__).scalar_subquery())),
+    comparator_factory=_RunId)
+
+
+def _next_run_seqs(conn: Connection, count: int) -> list[int]:
+    """`count` new run numbers. PostgreSQL draws them from runs_seq_seq (concurrent writers never share
+    one); SQLite takes its write lock at BEGIN (registry.database), so MAX + 1 cannot race."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        return list(conn.execute(text("SELECT nextval('runs_seq_seq') FROM generate_series(1, :n)"),
+                                 {"n": count}).scalars())
+    runs = RunRow.__table__
+    top = conn.execute(select(func.coalesce(func.max(runs.c.seq), 0))).scalar()
+    return [top + 1 + k for k in range(count)]
+
+
+@event.listens_for(Session, "before_flush")
+def _number_runs_and_metrics(session: Session, _context: object, _instances: object) -> None:
+    """Give new runs their seq, then new metric rows their run's seq and the next positions of that run.
+    The run's row is locked first (FOR UPDATE, PostgreSQL), so two transactions adding metrics to one
+    run take their positions one after the other."""
+    new_runs = [obj for obj in session.new if isinstance(obj, RunRow) and obj.seq is None]
+    metrics = [obj for obj in session.new if isinstance(obj, RunMetricRow) and obj.position is None]
+    if not new_runs and not metrics:
+        return
+    conn = session.connection()
+    if new_runs:
+        for run, seq in zip(new_runs, _next_run_seqs(conn, len(new_runs))):
+            run.seq = seq
+    pending = {run.id: run.seq for run in session.new if isinstance(run, RunRow)}
+    runs = RunRow.__table__
+    next_position: dict[int, int] = {}
+    for row in metrics:
+        if row.run_seq is None:
+            run_id = row.__dict__.get("run_id")
+            seq = pending.get(run_id)
+            if seq is None:
+                seq = conn.execute(select(runs.c.seq).where(runs.c.id == run_id).with_for_update()).scalar()
+            if seq is None:
+                raise KeyError(f"no run {run_id!r} for its metric {row.name!r}")
+            row.run_seq = seq
+        if row.run_seq not in next_position:
+            top = conn.execute(select(func.max(_METRICS.c.position)).where(_METRICS.c.run_seq == row.run_seq)).scalar()
+            next_position[row.run_seq] = -1 if top is None else top
+        next_position[row.run_seq] += 1
+        row.position = next_position[row.run_seq]
 
 
 class RunSeriesRow(Base):
@@ -338,14 +412,16 @@ class LineageEdgeRow(Base):
 
     `parent` and `child` read, compare and construct as the node keys (LineageEdgeRow(parent=KEY, ...),
     `LineageEdgeRow.child == KEY`); the ids are filled in when the session flushes (_write_edge_nodes).
-    The unique (parent_id, child_id, relation) index serves downstream walks and the child_id index
-    upstream ones: a recursive lineage query reads the edges of its answer, never the whole table."""
+    The unique (child_id, parent_id, relation) index serves upstream walks and the parent_id index
+    downstream ones: a recursive lineage query reads the edges of its answer, never the whole table.
+    (Child first: a new run's edges go to the end of that index, whose pages so stay full; keyed by
+    parent first, they went under old parents all over it and left its pages half empty.)"""
 
     __tablename__ = "lineage_edges"
-    __table_args__ = (UniqueConstraint("parent_id", "child_id", "relation"),)
+    __table_args__ = (UniqueConstraint("child_id", "parent_id", "relation"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    parent_id: Mapped[int] = mapped_column(ForeignKey("lineage_nodes.id"))
-    child_id: Mapped[int] = mapped_column(ForeignKey("lineage_nodes.id"), index=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("lineage_nodes.id"), index=True)
+    child_id: Mapped[int] = mapped_column(ForeignKey("lineage_nodes.id"))
     relation: Mapped[str] = mapped_column(String(32))
     origin: Mapped[str] = mapped_column(String(16), default="recipe")  # recipe | run | conversion
     content_hash: Mapped[str | None] = mapped_column(String(128))  # DVC/file hash recorded at the time

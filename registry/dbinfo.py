@@ -8,7 +8,7 @@ from pathlib import Path
 
 # The Alembic head this code expects. A test asserts it equals the migrations' head,
 # so the check at connect time needs no migration machinery (it keeps `repro list` fast).
-SCHEMA_REVISION = "0004_lineage_nodes"
+SCHEMA_REVISION = "0005_run_seq"
 
 
 def default_url() -> str:

@@ -150,7 +150,8 @@ def latest_run_with_status(session: Session, recipe: str, stage: str, profile: s
 
 
 def run_metrics(session: Session, run_id: str, kind: str | None = None) -> list[RunMetricRow]:
-    query = select(RunMetricRow).where(RunMetricRow.run_id == run_id).order_by(RunMetricRow.id)
+    # In the order the rows were written (position numbers them within their run).
+    query = select(RunMetricRow).where(RunMetricRow.run_id == run_id).order_by(RunMetricRow.position)
     if kind:
         query = query.where(RunMetricRow.kind == kind)
     return list(session.scalars(query))

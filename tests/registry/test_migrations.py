@@ -129,3 +129,105 @@ def test_upgrade_moves_text_keyed_edges_to_node_ids_and_back(db_url, cli):
     _downgrade_to(database.get_engine(db_url), "0003_step_series")
     with database.get_engine(db_url).connect() as conn:
         assert _edge_rows(conn) == before
+
+
+def _old_metric_rows(conn) -> list[tuple]:
+    return [tuple(r) for r in conn.execute(text(
+        "SELECT id, run_id, name, value, step, kind, protocol FROM run_metrics ORDER BY id"))]
+
+
+def test_upgrade_numbers_runs_and_keys_metrics_by_them_and_back(db_url, cli):
+    """0005: each run gets a seq in created order; metric rows name their run by it and keep their
+    kind, name, value, step, protocol and order within the run (a repeated eval name included); the
+    downgrade gives back the old rows in that order. Writes after the upgrade continue both numberings."""
+    import json as _json
+    from datetime import datetime, timezone
+
+    from sqlalchemy import select
+
+    from registry.database import session_scope
+    from registry.db import RunMetricRow, RunRow
+    from registry.queries import add_run_metrics, replace_eval_metrics, run_metrics
+    from runner.compare import latest_metrics
+    from tests.registry.graph_helpers import record_run
+
+    engine = database.get_engine(db_url)
+    with session_scope(db_url) as s:  # created out of id order, and out of insertion order
+        record_run(s, "run-b", minutes=2)
+        record_run(s, "run-a", minutes=5)
+        record_run(s, "run-c", minutes=2)
+    _downgrade_to(engine, "0004_lineage_nodes")
+    when = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    old_style = [  # interleaved runs; run-a's ifeval twice (the later one wins in compare)
+        ("run-a", "train_loss_last", 1.5, None, "final", None),
+        ("run-b", "heldout_loss", 1.75, None, "final", None),
+        ("run-a", "ifeval", 0.25, None, "eval", {"harness": "repro", "shots": 0}),
+        ("run-a", "heldout_loss", 1.7, None, "final", None),
+        ("run-c", "loss", 2.0, 7, "train", None),
+        ("run-a", "ifeval", 0.5, None, "eval", {"harness": "repro", "shots": 0}),
+        ("run-b", "gsm8k", 0.125, None, "eval", None),
+    ]
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO run_metrics (run_id, name, value, step, kind, protocol, created_at) "
+                          "VALUES (:r, :n, :v, :s, :k, :p, :t)"),
+                     [{"r": r, "n": n, "v": v, "s": st, "k": k, "p": None if p is None else _json.dumps(p), "t": when}
+                      for r, n, v, st, k, p in old_style])
+        before = _old_metric_rows(conn)
+    database._engine_for.cache_clear()
+    code, out, err = cli("db", "upgrade")
+    assert code == 0, err
+    assert f"0004_lineage_nodes -> {SCHEMA_REVISION}" in out
+    database._engine_for.cache_clear()
+
+    def as_old(rows) -> list[tuple]:
+        return [(r.run_id, r.name, r.value, r.step, r.kind, r.protocol) for r in rows]
+
+    with session_scope(db_url) as s:
+        seqs = dict(s.execute(select(RunRow.id, RunRow.seq)).all())
+        assert seqs == {"run-b": 1, "run-c": 2, "run-a": 3}  # created_at, then id
+        for run_id in ("run-a", "run-b", "run-c"):
+            assert as_old(run_metrics(s, run_id)) == [r for r in old_style if r[0] == run_id]
+        assert as_old(run_metrics(s, "run-a", kind="eval")) == [old_style[2], old_style[5]]
+        assert latest_metrics(s, "run-a") == [
+            {"name": "ifeval", "value": 0.5, "protocol": {"harness": "repro", "shots": 0}, "kind": "eval"},
+            {"name": "train_loss_last", "value": 1.5, "protocol": {}, "kind": "final"},
+            {"name": "heldout_loss", "value": 1.7, "protocol": {}, "kind": "final"}]
+        rows = s.scalars(select(RunMetricRow).where(RunMetricRow.run_id == "run-a")
+                         .order_by(RunMetricRow.position)).all()
+        assert [(r.run_seq, r.position) for r in rows] == [(3, 0), (3, 1), (3, 2), (3, 3)]
+    with session_scope(db_url) as s:  # writes continue the numbering
+        record_run(s, "run-d", minutes=1)
+        add_run_metrics(s, "run-d", [{"name": "x", "value": 1.0, "kind": "final"}])
+        replace_eval_metrics(s, "run-a", ["ifeval"])
+        add_run_metrics(s, "run-a", [{"name": "ifeval", "value": 0.75, "kind": "eval"}])
+    with session_scope(db_url) as s:
+        assert s.scalar(select(RunRow.seq).where(RunRow.id == "run-d")) == 4
+        assert as_old(run_metrics(s, "run-d")) == [("run-d", "x", 1.0, None, "final", None)]
+        assert [(r.name, r.value, r.position) for r in s.scalars(select(RunMetricRow).where(
+            RunMetricRow.run_id == "run-a").order_by(RunMetricRow.position))] == [
+            ("train_loss_last", 1.5, 0), ("heldout_loss", 1.7, 2), ("ifeval", 0.75, 3)]  # after the last
+        s.execute(text("DELETE FROM run_metrics WHERE run_seq IN (SELECT seq FROM runs WHERE id = 'run-d')"))
+        s.execute(text("DELETE FROM lineage_edges WHERE child_id IN "
+                       "(SELECT id FROM lineage_nodes WHERE key = 'run:run-d')"))
+        s.execute(text("DELETE FROM runs WHERE id = 'run-d'"))
+        replace_eval_metrics(s, "run-a", ["ifeval"])
+        add_run_metrics(s, "run-a", [{"name": "ifeval", "value": 0.25, "kind": "eval",
+                                      "protocol": {"harness": "repro", "shots": 0}},
+                                     {"name": "ifeval", "value": 0.5, "kind": "eval",
+                                      "protocol": {"harness": "repro", "shots": 0}}])
+
+    _downgrade_to(database.get_engine(db_url), "0004_lineage_nodes")
+    with database.get_engine(db_url).connect() as conn:
+        back = _old_metric_rows(conn)
+        run_cols = [r[0] for r in conn.execute(text("SELECT * FROM runs")).cursor.description]
+    assert "seq" not in run_cols
+
+    def loaded(rows):  # protocol as stored text on SQLite, parsed on PostgreSQL
+        return [r[1:6] + ((_json.loads(r[6]) if isinstance(r[6], str) else r[6]),) for r in rows]
+
+    order = {"run-b": 0, "run-c": 1, "run-a": 2}
+    expected = sorted(loaded(before), key=lambda r: order[r[0]])  # stable: id order within a run
+    expected = [r for r in expected if not (r[0] == "run-a" and r[1] == "ifeval")] + [
+        r for r in expected if r[0] == "run-a" and r[1] == "ifeval"]  # rewritten last, as after the writes above
+    assert loaded(back) == expected
+    assert [r[0] for r in back] == list(range(1, len(back) + 1))

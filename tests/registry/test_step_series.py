@@ -7,7 +7,7 @@ import json
 import math
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import JSON, DateTime, Float, Integer, String, column, insert, select, table, text
 
 from registry import database
 from registry.database import session_scope
@@ -16,6 +16,10 @@ from registry.queries import replace_run_series, run_metrics, run_series, step_s
 from tests.registry.graph_helpers import record_run
 
 OLD_REVISION = "0002_run_metric_lookup"
+# run_metrics as it was at OLD_REVISION (0005 changed the model's table: rows name their run by runs.seq).
+OLD_METRICS = table("run_metrics", column("id", Integer), column("run_id", String), column("name", String),
+                    column("value", Float), column("step", Integer), column("kind", String),
+                    column("protocol", JSON), column("created_at", DateTime(timezone=True)))
 
 
 def _alembic(engine, action: str, revision: str) -> None:
@@ -62,7 +66,7 @@ def test_upgrade_moves_old_rows_into_series_and_downgrade_restores_them(db_url, 
     _alembic(engine, "downgrade", OLD_REVISION)
     old = _old_style_rows()
     with engine.begin() as conn:
-        conn.execute(insert(RunMetricRow.__table__), old)
+        conn.execute(insert(OLD_METRICS), old)
     database._engine_for.cache_clear()
 
     code, out, err = cli("db", "upgrade")
@@ -86,7 +90,7 @@ def test_upgrade_moves_old_rows_into_series_and_downgrade_restores_them(db_url, 
 
     _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
     with engine.connect() as conn:
-        back = [dict(r._mapping) for r in conn.execute(select(RunMetricRow.__table__).order_by(text("id")))]
+        back = [dict(r._mapping) for r in conn.execute(select(OLD_METRICS).order_by(text("id")))]
     assert len(back) == len(old)
     restored = _points([r for r in back if r["kind"] == "train" and r["step"] is not None and r["protocol"] is None])
     for key, points in _points(plain).items():
