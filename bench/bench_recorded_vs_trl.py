@@ -51,10 +51,11 @@ class CpuClock:
 
 
 def dpo_tokens(plan: Any, request: dict, steps: int) -> list[int]:
-    from runner.stagekit import load_tokenizer, train_rows
+    from runner.data.tokenizer import stage_tokenizer
     from runner.stages import dpo
+    from runner.stages.kit import train_rows
 
-    tok = load_tokenizer(Path(request["model"]), plan)
+    tok = stage_tokenizer(plan, Path(request["model"]))
     pairs, _ = dpo.encode_pairs(plan, train_rows(plan), tok)
     per = len(request["picked"]) // steps
     return [sum(len(pairs[j]["chosen_input_ids"]) + len(pairs[j]["rejected_input_ids"])
@@ -63,8 +64,8 @@ def dpo_tokens(plan: Any, request: dict, steps: int) -> list[int]:
 
 def bench(stage: str, steps: int, accumulation: int, threads: int, repeats: int, length: int) -> dict:
     from runner import published
+    from runner.data.tokenizer import stage_tokenizer
     from runner.replay import compare, trl012
-    from runner.stagekit import load_tokenizer
 
     os.environ["REPRO_TORCH_THREADS"] = str(threads)
     folder = published.ensure_smollm2_135m_instruct()
@@ -85,7 +86,7 @@ def bench(stage: str, steps: int, accumulation: int, threads: int, repeats: int,
                 tokens = dpo_tokens(plan, request, steps)
             else:
                 plan = compare.sft_plan(folder, accumulation, max_seq_length=length, per_device=4)
-                request = compare.sft_request(plan, folder, load_tokenizer(folder, plan), steps=steps, threads=threads)
+                request = compare.sft_request(plan, folder, stage_tokenizer(plan, folder), steps=steps, threads=threads)
                 per = len(request["picked"]) // steps
                 tokens = [per * length] * steps
             clock = CpuClock()

@@ -43,8 +43,9 @@ RECIPE = "tulu3-8b"
 
 def miniatures(plan) -> tuple[Path, Path]:
     """Save a policy LM and a reward model (same miniature config) with the fixture tokenizer."""
+    from runner.data.tokenizer import fixture_tokenizer
     from runner.models import build_model, build_reward_model
-    from runner.stagekit import fixture_tokenizer, miniature_config, quiet_libraries
+    from runner.stages.kit import miniature_config, quiet_libraries
 
     quiet_libraries()
     tok = fixture_tokenizer(plan)
@@ -79,12 +80,13 @@ def plain_generate(model, encoded: list[list[int]], pad: int, eos: int, max_new:
 
 
 def bench_generation(policy_dir: Path, plan, n_prompts: int, reps: int) -> list[tuple[str, float, float]]:
+    from runner.data.tokenizer import stage_tokenizer
     from runner.generation import generate
-    from runner.stagekit import load_causal_lm, load_tokenizer, set_determinism
+    from runner.stages.kit import load_causal_lm, set_determinism
     from runner.stages.rlvr import prompt_rows
 
     set_determinism(plan.hp("seed", 0))
-    tok = load_tokenizer(policy_dir, plan)
+    tok = stage_tokenizer(plan, policy_dir)
     model = load_causal_lm(policy_dir).eval()
     rows, _ = prompt_rows(plan, tok)
     encoded = [r["ids"] for r in (rows * (n_prompts // max(len(rows), 1) + 1))[:n_prompts]]

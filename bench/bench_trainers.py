@@ -89,7 +89,7 @@ class Stamps:
 
 def patch_stage(module, counter: Counter, stamps: Stamps):
     """Wrap what the stage module imported (model loaders, encoders, the driver) without changing its code."""
-    import runner.stages.common as common
+    import runner.stages.kit as kit
 
     saved = {}
 
@@ -118,7 +118,7 @@ def patch_stage(module, counter: Counter, stamps: Stamps):
         if hasattr(module, name):
             wrap(module, name, loader)
     wrap(module, "encode_pairs" if hasattr(module, "encode_pairs") else "encode", encoder)
-    wrap(common, "run_updates", updates)
+    wrap(kit, "run_updates", updates)
 
     def restore() -> None:
         for (owner, name), fn in saved.items():
@@ -208,8 +208,9 @@ def trl_sft(plan, steps: int) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from runner.stagekit import fixture_tokenizer, fresh_causal_lm, set_determinism, train_rows
+    from runner.data.tokenizer import fixture_tokenizer
     from runner.stages import sft
+    from runner.stages.kit import fresh_causal_lm, set_determinism, train_rows
 
     set_determinism(plan.hp("seed", 0))  # same threads / deterministic algorithms as the stage
     tokenizer = fixture_tokenizer(plan)
@@ -244,11 +245,12 @@ def trl_dpo(plan, checkpoint: Path, steps: int) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from runner.stagekit import load_causal_lm, load_tokenizer, set_determinism, train_rows
+    from runner.data.tokenizer import stage_tokenizer
     from runner.stages import dpo
+    from runner.stages.kit import load_causal_lm, set_determinism, train_rows
 
     set_determinism(plan.hp("seed", 0))
-    tokenizer = load_tokenizer(checkpoint, plan)
+    tokenizer = stage_tokenizer(plan, checkpoint)
     model = load_causal_lm(checkpoint)
     reference = copy.deepcopy(model).eval()
     pairs, _ = dpo.encode_pairs(plan, train_rows(plan), tokenizer)

@@ -140,26 +140,15 @@ def model_kind(path: str | Path) -> str:
 
 
 def load_tokenizer(path: Path, chat_template: str | None = None, fallback_template: str | None = None):
-    """The checkpoint's tokenizer; `chat_template` replaces its template, `fallback_template` only fills a
-    missing one (a run's plan names the template its stage trained with)."""
-    from transformers import AutoTokenizer
-
-    from runner.data.templates import check_template, jinja_template
+    """The checkpoint's tokenizer (runner/data/tokenizer.load_tokenizer, local files only, EOS pads where it
+    has no pad token); `chat_template` replaces its template, `fallback_template` only fills a missing one
+    (a run's plan names the template its stage trained with)."""
+    from runner.data import tokenizer as tokenizers
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return tokenizers.load_tokenizer(path, template=chat_template, template_if_missing=fallback_template)
     except (OSError, ValueError) as exc:
         raise ReproError(f"{path}: no tokenizer saved with the model ({str(exc).splitlines()[0]})") from None
-    if chat_template is None and not getattr(tok, "chat_template", None):
-        chat_template = fallback_template
-    if chat_template is not None:
-        try:
-            tok.chat_template = jinja_template(check_template(chat_template))
-        except ValueError as exc:
-            raise ReproError(str(exc)) from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def template_name(tokenizer) -> str | None:

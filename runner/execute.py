@@ -214,7 +214,7 @@ def stage_context(record: RunRecord, *, resume: bool = False, accelerator: Any =
                   progress: Callable | None = None, log_dir: Path | None = None) -> Any:
     """The one place a StageContext is built: for the in-process run and for every launched process. The
     update limit comes from the plan (runner.plan.limit_updates), the same in every process."""
-    from runner.stagekit import StageContext
+    from runner.stages.kit import StageContext
 
     return StageContext(plan=record.plan, record=record, resume=resume, accelerator=accelerator, progress=progress,
                         max_updates=max_updates(record.plan), log_dir=log_dir)
@@ -230,7 +230,7 @@ def make_accelerator(plan: RunPlan | None = None) -> Any:
 
     class _Accelerator(Accelerator):
         """DeepSpeed must see the optimizer when it wraps the model; the stages prepare the model alone
-        (runner.stages.common.build_trainer) before the Trainer builds the optimizer, so a lone module is
+        (runner.stages.kit.build_trainer) before the Trainer builds the optimizer, so a lone module is
         returned as is under DeepSpeed and the Trainer prepares model + optimizer together."""
 
         def prepare(self, *args: Any, **kwargs: Any) -> Any:

@@ -261,10 +261,12 @@ def recorded_load(cls: Any, source: str | Path, plan: Any, tokenizer: Any = None
     4.43, whose resize initialised the new rows with the model's own init (normal, initializer_range),
     not the mean of the old rows that later versions default to, hence mean_resizing=False; the
     draw is seeded so reruns agree."""
+    from runner import plan as plans
+
     device = plan.extra.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[plan.hp("precision") or "fp32"]
     attn = attention_implementation(device)
-    plan.extra["attn_implementation"] = attn
+    plans.record_attention(plan, attn)
     model = cls.from_pretrained(source, revision=revision, torch_dtype=dtype, attn_implementation=attn, **kwargs)
     if plan.family == "tulu3" and tokenizer is not None:
         rows = model.get_input_embeddings().weight.shape[0]
@@ -272,8 +274,7 @@ def recorded_load(cls: Any, source: str | Path, plan: Any, tokenizer: Any = None
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(plan.seed)
                 model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8, mean_resizing=False)
-            plan.extra["embedding_resize"] = {"from": rows, "to": model.get_input_embeddings().weight.shape[0],
-                                              "tokenizer": len(tokenizer)}
+            plans.record_embedding_resize(plan, rows, model.get_input_embeddings().weight.shape[0], len(tokenizer))
     if plan.hp("gradient_checkpointing"):
         # transformers 5 renamed the switch; the older name still works there with a warning
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()

@@ -497,3 +497,74 @@ def record_distributed(plan: RunPlan, distributed: dict[str, Any]) -> None:
 
 def runs_root() -> Path:
     return Path(os.environ.get("REPRO_RUNS_DIR", "runs")).resolve()
+
+
+# Changes the stages make. What a stage learns while it runs (the miniature it built, where a checkpoint
+# came from, how it loaded the model, how it was orchestrated) goes into the plan through these functions
+# only, each recording a deviation wherever the value is not the recording's.
+
+
+def record_miniature(plan: RunPlan, deviations: list[dict[str, Any]], reason: str) -> None:
+    """A randomly initialised miniature stands in for the recorded init: each architecture value the
+    miniature shrank (runner/models.miniature) and the init itself are deviations."""
+    for d in deviations:
+        plan.deviate(f"model.{d['key']}", d["recorded"], d["miniature"], d["reason"])
+    plan.deviate("init", plan.inputs.get("init", {}).get("checkpoint"), "random miniature init", reason)
+
+
+def use_recorded_init_std(plan: RunPlan) -> None:
+    """Pretraining's miniature draws its weights with the recorded init std (`init_std`), where one is given."""
+    plan.model["spec"]["initializer_range"] = plan.hp("init_std", plan.model["spec"].get("initializer_range"))
+
+
+def random_init_as_recorded(plan: RunPlan) -> None:
+    """Pretraining starts from a random init as the recording did, with its init std: neither is a deviation
+    (record_miniature listed them, as for every miniature)."""
+    plan.deviations = [d for d in plan.deviations if d["key"] not in ("init", "model.initializer_range")]
+
+
+def stop_early(plan: RunPlan, total_updates: int, stop_after: int) -> None:
+    """`--max-steps` below the planned updates: the run stops after `stop_after`, its schedule keeps its length."""
+    plan.deviate("optimizer_steps", total_updates, stop_after,
+                 "--max-steps on the command line (the schedule keeps its full length)")
+
+
+def input_on_hub(plan: RunPlan, role: str, hub_id: str) -> None:
+    """The recorded profile loads input `role` from the Hub (or the mirror folder of that Hub id)."""
+    ref = plan.inputs[role]
+    ref["hub_id"] = hub_id
+    ref.setdefault("revision", None)  # recipes.json records no model revisions: the Hub's main
+
+
+def input_in_mirror(plan: RunPlan, role: str, folder: str, folder_hash: str, head: str | None) -> None:
+    """Input `role` comes from a --hub-mirror folder; its content hash (and git head, if any) identify it."""
+    plan.inputs[role].update({"mirror": folder, "mirror_hash": folder_hash, "mirror_head": head})
+
+
+def record_attention(plan: RunPlan, implementation: str) -> None:
+    """The attention kernel the recorded profile loaded its model with (flash-attention 2 or SDPA)."""
+    plan.extra["attn_implementation"] = implementation
+
+
+def record_embedding_resize(plan: RunPlan, rows: int, resized: int, tokenizer_size: int) -> None:
+    """Tülu's tokenizer (with its added `<pad>`) outgrew the embedding matrix, which was resized as recorded."""
+    plan.extra["embedding_resize"] = {"from": rows, "to": resized, "tokenizer": tokenizer_size}
+
+
+def record_ray_actors(plan: RunPlan) -> None:
+    """The Ray RLVR driver trains with one learner actor and one engine actor whatever the layout recorded:
+    the difference from the recorded learner count (DeepSpeed ZeRO-3 over the actor GPUs) and from its vLLM
+    engines is a deviation, recorded once."""
+    layout = plan.layout
+    if layout.get("actor_gpus") and layout["actor_gpus"] != 1:
+        plan.deviate("actor_gpus", layout["actor_gpus"], 1,
+                     "the Ray driver of runner.stages.rlvr trains with one learner actor")
+    if layout.get("vllm_engines"):
+        plan.deviate("generation_engine", f"{layout['vllm_engines']} vLLM engine(s), TP "
+                     f"{layout.get('vllm_tensor_parallel_size') or 1}", "1 engine actor sampling with transformers",
+                     "no vLLM engine in runner.stages.rlvr's Ray driver: the engine actor samples with the policy copy")
+
+
+def record_orchestration(plan: RunPlan, orchestration: str) -> None:
+    """How the stage's processes were orchestrated, when not in one process (the Ray RLVR driver)."""
+    plan.extra["orchestration"] = orchestration

@@ -45,7 +45,7 @@ def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[int], l
         total = hp["train_steps"]
     else:
         total = None
-    from runner.stages.common import schedule_spec
+    from runner.stages.kit import schedule_spec
 
     # A smoke tuning stage: its updates and schedule as the stage itself sizes them, from its examples.
     spec = schedule_spec(plan, _smoke_examples(plan) if total is None else None, total, 1)
@@ -66,7 +66,8 @@ def schedule_points(recipe: str, stage: str, profile: str) -> tuple[list[int], l
 def _smoke_examples(plan) -> int:
     """How many training examples the smoke stage forms from its data, encoded as the stage encodes it (SFT
     packs rows into blocks; DPO drops and the RM filters over-long pairs)."""
-    from runner.stagekit import fixture_tokenizer, train_rows
+    from runner.data.tokenizer import fixture_tokenizer
+    from runner.stages.kit import train_rows
 
     rows, tokenizer = train_rows(plan), fixture_tokenizer(plan)
     if plan.stage == "sft":

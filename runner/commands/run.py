@@ -133,7 +133,7 @@ def run_cmd(
         if stage != "rlvr":
             raise ReproError("--ray and --ray-address apply to the rlvr stage only")
         if ray_address is not None:
-            from runner.ray_rlvr import check_address
+            from runner.stages.rlvr_ray import check_address
 
             check_address(ray_address)
         plans.use_ray(plan, ray_address)
@@ -164,7 +164,7 @@ def run_cmd(
         preflight(plan)
         resolved = resolve_inputs(reg, plan, substitutes)
         plans.attach_inputs(plan, resolved)
-        from runner.stagekit import check_models
+        from runner.stages.kit import check_models
 
         check_models(plan, reg, mirror)
     if launcher == "accelerate":

@@ -1,4 +1,5 @@
-"""Tiny byte-level BPE tokenizers that mimic the recipes' real tokenizers (offline).
+"""Tokenizers: the one loader (the template and pad rules, stated once) and tiny byte-level BPE
+tokenizers that mimic the recipes' real tokenizers (offline).
 
 `build_tokenizer("tulu", ...)` mimics Llama-3.1's tokenizer as Tülu 3 used it:
 Llama-3-style pre-tokenizer regex, `<|begin_of_text|>` (bos, prepended by the
@@ -11,7 +12,7 @@ does, so `len(tok) == vocab_size + 1`. The chat-role markers `<|user|>`,
 `<|endoftext|>` id 0, `<|im_start|>` id 1 (bos), `<|im_end|>` id 2 (eos and pad),
 digits split individually, no bos added on encode; `len(tok) == vocab_size`.
 
-Neither sets `chat_template`. Training is deterministic: same texts and vocab size
+Neither sets `chat_template` (fixture_tokenizer sets the plan's). Training is deterministic: same texts and vocab size
 give the same files from `save_pretrained`, byte for byte.
 """
 
@@ -118,9 +119,76 @@ def fixture_corpus(kind: str) -> list[str]:
     return texts
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer written by `save_pretrained` (local files only)."""
-    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+# ---------------------------------------------------------------- loading: the one place for the rules
+# Template: a registry name (runner/data/templates.py) set as the tokenizer's Jinja chat template.
+# Pad: a tokenizer without a pad token pads with its EOS, except where the recorded code added one
+# (Tülu's finetune.py / dpo_tune.py add "<pad>" to Llama-3's tokenizer; runner/models.recorded_load then
+# resizes the embeddings to a multiple of 8, docs/semantics.md).
+
+
+def load_tokenizer(source: str | Path, revision: str | None = None, *, template: str | None = None,
+                   template_if_missing: str | None = None, pad_token: str | None = None,
+                   local_files_only: bool = True):
+    """A saved tokenizer: a folder, or (with local_files_only=False) a Hub id at `revision`.
+
+    `template` replaces the saved chat template; `template_if_missing` only fills one the files lack
+    (neither: the saved template stays). A tokenizer without a pad token gets `pad_token` added as a new
+    special token, or pads with its EOS when none is given. An unknown template name is a ReproError."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(source), revision=revision, local_files_only=local_files_only)
+    if template is None and not getattr(tok, "chat_template", None):
+        template = template_if_missing
+    if template is not None:
+        _set_template(tok, template)
+    if tok.pad_token is None:
+        if pad_token is not None:
+            tok.add_special_tokens({"pad_token": pad_token})
+        else:
+            tok.pad_token = tok.eos_token
+    return tok
+
+
+def stage_tokenizer(plan, source: str | Path, revision: str | None = None, *, foreign: bool = False):
+    """The tokenizer a training stage of `plan` uses, loaded from its input checkpoint `source`.
+
+    Tülu sets the plan's template on every tokenizer it loads (open-instruct overwrites the template with
+    its `tulu` one whatever the checkpoint saved). SmolLM2's later stages keep the template their input
+    checkpoint was saved with (the earlier stage of the recipe wrote it there), unless `foreign`: the
+    checkpoint does not come from the recipe's previous stage (SFT's base model, a Hub or mirror model in
+    the recorded profile), so the plan's template replaces whatever it saved. Pad: `<pad>` is added where
+    the recorded Tülu code added it (the recorded profile; the fixture tokenizer already has it), EOS
+    otherwise."""
+    tulu = plan.family == "tulu3"
+    template = plan.chat_template if plan.chat_template and (tulu or foreign) else None
+    pad = TULU_PAD if tulu and plan.profile == "recorded" else None
+    return load_tokenizer(source, revision, template=template, pad_token=pad, local_files_only=False)
+
+
+def fixture_tokenizer(plan) -> PreTrainedTokenizerFast:
+    """The smoke profile's tokenizer when a stage has no input checkpoint: the fixture tokenizer of the
+    plan's family, trained on the fixture texts, with the plan's template."""
+    from registry.errors import ReproError
+
+    kind = plan.tokenizer.get("family")
+    if kind is None:  # the recorded profile names a real tokenizer: it comes with the init checkpoint
+        raise ReproError(f"{plan.recipe}:{plan.stage} ({plan.profile} profile) loads the tokenizer of "
+                         f"{plan.tokenizer.get('name')}; give the init with --input init=PATH, --hub-mirror DIR "
+                         "or the Hub")
+    tok = build_tokenizer(kind, fixture_corpus(kind), vocab_size=plan.tokenizer["vocab_size"])
+    if plan.chat_template:
+        _set_template(tok, plan.chat_template)
+    return tok
+
+
+def _set_template(tok, name: str) -> None:
+    from registry.errors import ReproError
+    from runner.data.templates import jinja_template
+
+    try:
+        tok.chat_template = jinja_template(name)
+    except ValueError as exc:
+        raise ReproError(str(exc)) from None
 
 
 def tokenizer_files(path: str | Path) -> dict[str, bytes]:
@@ -128,4 +196,5 @@ def tokenizer_files(path: str | Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir()) if p.is_file()}
 
 
-__all__ = ["build_tokenizer", "fixture_corpus", "load_tokenizer", "tokenizer_files", "KINDS"]
+__all__ = ["build_tokenizer", "fixture_corpus", "fixture_tokenizer", "load_tokenizer", "stage_tokenizer",
+           "tokenizer_files", "KINDS"]

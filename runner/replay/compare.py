@@ -48,7 +48,7 @@ def first_update_indices(plan: RunPlan, num_examples: int) -> list[list[int]]:
 def trl_config(plan: RunPlan, num_examples: int) -> dict[str, Any]:
     """The TrainingArguments / DPOConfig values the recorded recipe set, from the plan; `schedule_steps` is
     the stage's full update count, so TRL's schedule (sized by max_steps) is the stage's."""
-    from runner.stages.common import schedule_spec
+    from runner.stages.kit import schedule_spec
 
     return {"schedule_steps": schedule_spec(plan, num_examples, None, 1).total_updates,
             "per_device_train_batch_size": plan.hp("per_device_batch_size"),
@@ -63,7 +63,7 @@ def trl_config(plan: RunPlan, num_examples: int) -> dict[str, Any]:
 def dpo_request(plan: RunPlan, init: Path, steps: int = 1, threads: int = 1) -> dict[str, Any]:
     """The TRL request for the stage's first `steps` updates: their rows, in the order the stage draws them
     (TRL's sequential sampler then forms the same micro-batches and updates)."""
-    from runner.stagekit import train_rows
+    from runner.stages.kit import train_rows
     from runner.trainer import epoch_order, micro_batches
 
     rows = train_rows(plan)
@@ -105,7 +105,7 @@ def sft_request(plan: RunPlan, init: Path, tokenizer: Any, steps: int = 1,
     """TRL gets the conversations in the order the stage packs them and the block order of its first updates."""
     import random
 
-    from runner.stagekit import train_rows
+    from runner.stages.kit import train_rows
     from runner.stages.sft import encode
     from runner.trainer import epoch_order, micro_batches
 

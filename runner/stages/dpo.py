@@ -24,20 +24,22 @@ import torch
 
 from runner import losses, switches
 from runner.data import masking
-from runner.stagekit import (
+from runner.data.tokenizer import stage_tokenizer
+from runner.stages.kit import (
     StageContext,
+    build_trainer,
+    drive,
     init_model,
     input_path,
     load_causal_lm,
     load_rows,
-    load_tokenizer,
+    loop_config,
     on_device,
     save_checkpoint,
     set_determinism,
     train_rows,
     write_metrics_file,
 )
-from runner.stages.common import build_trainer, drive, loop_config
 from runner.trainer import epoch_order, micro_batches
 
 
@@ -158,7 +160,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if plan.profile == "recorded":
         tokenizer, policy = init_model(plan)  # --input, the mirror or the Hub, as recorded
     else:
-        tokenizer, policy = load_tokenizer(parent, plan), load_causal_lm(parent)
+        tokenizer, policy = stage_tokenizer(plan, parent), load_causal_lm(parent)
     loss_type = plan.hp("dpo_loss_type", "sigmoid")
     beta = plan.hp("dpo_beta")
     smoothing = plan.hp("label_smoothing", 0.0)

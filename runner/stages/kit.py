@@ -1,7 +1,9 @@
-"""What every stage needs: tokenizer, model, data, checkpoint writing, progress.
+"""What every stage needs: its context, model and tokenizer loading, data, the training loop's wiring
+(schedule, trainer, resume), checkpoint writing, metrics and progress.
 
-Stages stay readable top to bottom by calling these helpers; nothing here
-knows about a particular loss.
+Stages stay readable top to bottom by calling these helpers; nothing here knows about a particular loss.
+The optimizer and step mechanics are runner/trainer.py; tokenizers are runner/data/tokenizer.py; every
+change to the plan is a named function of runner/plan.py.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from typing import Any, Callable
 import torch
 
 from registry.errors import ReproError
+from runner import plan as plans
+from runner import schedules
+from runner.data.tokenizer import stage_tokenizer
 from runner.plan import RunPlan
-from runner.records import RunRecord
+from runner.records import RunRecord, commit_state, heartbeat
+from runner.trainer import LoopConfig, Trainer, epoch_order, micro_batches, run_updates, updates_for
 
 
 @dataclass
@@ -68,45 +74,6 @@ def set_determinism(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-# ---------------------------------------------------------------- tokenizer
-
-
-def chat_template_jinja(name: str) -> str:
-    from runner.data import templates
-
-    return {"tulu": templates.TULU_JINJA, "chatml": templates.CHATML_SMOLLM2_JINJA}[name]
-
-
-def fixture_tokenizer(plan: RunPlan):
-    from runner.data.tokenizer import build_tokenizer, fixture_corpus
-
-    kind = plan.tokenizer.get("family")
-    if kind is None:  # the recorded profile names a real tokenizer: it comes with the init checkpoint
-        raise ReproError(f"{plan.recipe}:{plan.stage} ({plan.profile} profile) loads the tokenizer of "
-                         f"{plan.tokenizer.get('name')}; give the init with --input init=PATH, --hub-mirror DIR "
-                         "or the Hub")
-    tok = build_tokenizer(kind, fixture_corpus(kind), vocab_size=plan.tokenizer["vocab_size"])
-    if plan.chat_template:
-        tok.chat_template = chat_template_jinja(plan.chat_template)
-    return tok
-
-
-def load_tokenizer(path: Path | str, plan: RunPlan, revision: str | None = None):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, revision=revision)
-    if plan.chat_template and plan.family == "tulu3":
-        tok.chat_template = chat_template_jinja(plan.chat_template)
-    if tok.pad_token is None:
-        if plan.family == "tulu3" and plan.profile == "recorded":
-            # finetune.py / dpo_tune.py: Llama-3's fast tokenizer has no pad token; "<pad>" is added (and the
-            # embeddings resized to fit, see load_causal_lm).
-            tok.add_special_tokens({"pad_token": "<pad>"})
-        else:
-            tok.pad_token = tok.eos_token
-    return tok
-
-
 # ---------------------------------------------------------------- models
 
 
@@ -125,17 +92,11 @@ def miniature_config(plan: RunPlan, tokenizer):
     return config, deviations
 
 
-def record_model_deviations(plan: RunPlan, deviations: list[dict[str, Any]]) -> None:
-    for d in deviations:
-        plan.deviate(f"model.{d['key']}", d["recorded"], d["miniature"], d["reason"])
-
-
 def fresh_causal_lm(plan: RunPlan, tokenizer, reason: str):
     from runner.models import build_model
 
     config, deviations = miniature_config(plan, tokenizer)
-    record_model_deviations(plan, deviations)
-    plan.deviate("init", plan.inputs.get("init", {}).get("checkpoint"), "random miniature init", reason)
+    plans.record_miniature(plan, deviations, reason)
     return build_model(config, seed=plan.seed)
 
 
@@ -162,9 +123,7 @@ def init_model(plan: RunPlan, role: str = "init") -> tuple[Any, Any]:
     """(tokenizer, model) of a stage's init in the recorded profile: `--input ROLE=PATH`, the mirror's
     DIR/<org>/<name>/, or the Hub at the recorded revision (resolved before the run by check_models)."""
     source, revision = model_source(plan, role)
-    tokenizer = load_tokenizer(source, plan, revision)
-    if plan.chat_template:
-        tokenizer.chat_template = chat_template_jinja(plan.chat_template)
+    tokenizer = stage_tokenizer(plan, source, revision, foreign=True)
     return tokenizer, load_causal_lm(source, plan, tokenizer, revision)
 
 
@@ -207,8 +166,7 @@ def check_models(plan: RunPlan, registry: Any, mirror: Path | None) -> None:
         if ckpt is None or not ckpt.hub_id or not ckpt.published:
             raise ReproError(f"{plan.recipe}:{plan.stage}: its {role} checkpoint {name!r} was never published; "
                              f"give one with --input {role}=PATH")
-        ref["hub_id"] = ckpt.hub_id
-        ref.setdefault("revision", None)  # recipes.json records no model revisions: the Hub's main
+        plans.input_on_hub(plan, role, ckpt.hub_id)
         folder = mirror / ckpt.hub_id if mirror is not None else None
         if folder is not None and folder.is_dir():
             if not (folder / "config.json").is_file():
@@ -217,7 +175,7 @@ def check_models(plan: RunPlan, registry: Any, mirror: Path | None) -> None:
                                  f"{role}=PATH")
             from runner.data.hub import folder_hash, git_head
 
-            ref.update({"mirror": str(folder), "mirror_hash": folder_hash(folder), "mirror_head": git_head(folder)})
+            plans.input_in_mirror(plan, role, str(folder), folder_hash(folder), git_head(folder))
             continue
         _check_hub_model(ckpt.hub_id, ref.get("revision"), role)
 
@@ -267,6 +225,124 @@ def train_rows(plan: RunPlan) -> list[dict[str, Any]]:
     from runner.data import hub
 
     return hub.train_rows(plan)
+
+
+# ---------------------------------------------------------------- the loop: schedule, trainer, resume
+
+
+def warmup_convention(plan) -> str:
+    # open-instruct floors int(T·ratio); the HF Trainer (TRL / alignment-handbook) ceils.
+    return "open-instruct" if plan.family == "tulu3" else "hf-trainer"
+
+
+@dataclass
+class ScheduleSpec:
+    """The learning-rate schedule of a stage as the recorded code sized it (the trainer and the plot)."""
+
+    total_updates: int
+    schedule_steps: int
+    steps_per_update: int
+    warmup_steps: int
+    wsd: dict[str, Any]
+
+
+def schedule_spec(plan, num_examples: int | None, total_updates: int | None, world: int) -> ScheduleSpec:
+    pd = plan.hp("per_device_batch_size", 1)
+    ga = plan.hp("gradient_accumulation_steps", 1)
+    epochs = int(plan.hp("epochs", 1))
+    if total_updates is None:
+        total_updates = updates_for(num_examples, pd, ga, world, epochs)
+    schedule_steps, steps_per_update = total_updates, 1
+    if plan.family == "tulu3" and num_examples is not None and plan.stage in ("sft", "dpo", "rm"):
+        # The schedule's length as each open-instruct script computed it (docs/semantics.md quirks 5 and 20),
+        # which is not the update count this run performs once the data is sharded over several processes.
+        schedule_steps, steps_per_update = schedules.open_instruct_schedule(plan.stage, num_examples, pd, ga, world,
+                                                                            epochs)
+    warmup = plan.hp("warmup_steps")
+    if warmup is None:
+        warmup = schedules.warmup_steps_for(schedule_steps, plan.hp("warmup_ratio", 0.0), warmup_convention(plan))
+    wsd = {}
+    if plan.hp("lr_scheduler") == "wsd":
+        wsd = {"peak": plan.hp("learning_rate"), "min_lr": plan.hp("min_learning_rate"),  # unset: the peak (nanotron)
+               "decay_start": plan.hp("decay_start_step"), "decay_steps": plan.hp("decay_steps"),
+               "decay_style": plan.hp("decay_style", "linear")}
+    return ScheduleSpec(total_updates, schedule_steps, steps_per_update, warmup, wsd)
+
+
+def loop_config(ctx: StageContext, num_examples: int | None, total_updates: int | None = None) -> LoopConfig:
+    plan = ctx.plan
+    spec = schedule_spec(plan, num_examples, total_updates, ctx.world)
+    stop_after = None
+    if ctx.max_updates is not None and ctx.max_updates < spec.total_updates:
+        stop_after = ctx.max_updates
+        plans.stop_early(plan, spec.total_updates, stop_after)
+    return LoopConfig(
+        per_device=plan.hp("per_device_batch_size", 1), accumulation=plan.hp("gradient_accumulation_steps", 1),
+        learning_rate=plan.hp("learning_rate"), total_updates=spec.total_updates,
+        scheduler=plan.hp("lr_scheduler", "linear"), warmup_steps=spec.warmup_steps, seed=plan.seed,
+        weight_decay=plan.hp("weight_decay", 0.0),
+        betas=(plan.hp("adam_beta1", 0.9), plan.hp("adam_beta2", 0.999)), eps=plan.hp("adam_epsilon", 1e-8),
+        max_grad_norm=plan.hp("max_grad_norm", 1.0), wsd=spec.wsd, steps_per_update=spec.steps_per_update,
+        stop_after=stop_after, schedule_steps=spec.schedule_steps,
+    )
+
+
+def build_trainer(ctx: StageContext, modules: dict[str, Any], params: list, num_examples: int | None,
+                  total_updates: int | None = None, cfg: LoopConfig | None = None,
+                  forward: torch.nn.Module | None = None) -> tuple[Trainer, int]:
+    """The Trainer of a stage. `forward` is the module whose forward the loss calls, when it is not
+    modules["model"] itself (the RM's PairScorer): that is what accelerate must wrap."""
+    cfg = cfg or loop_config(ctx, num_examples, total_updates)
+    target = forward if forward is not None else modules["model"]
+    wrapped = None
+    if ctx.accelerator is not None:
+        wrapped = ctx.accelerator.prepare(target)
+    trainer = Trainer(params, cfg, ctx.record.state_dir, modules, accelerator=ctx.accelerator, wrapped=wrapped,
+                      forward=target)
+    return trainer, cfg.run_updates
+
+
+def run_loop(ctx: StageContext, trainer: Trainer, examples: list[Any], loss_fn: Callable,
+             epochs: int | None = None) -> None:
+    """Run (or resume) the updates; steps go to the run record as they happen."""
+    plan = ctx.plan
+    cfg = trainer.config
+    epochs = int(epochs or plan.hp("epochs", 1))
+    order = epoch_order(len(examples), cfg.seed, epochs)
+
+    def batches_for(update: int) -> list[list[Any]]:
+        return [[examples[i] for i in mb] for mb in micro_batches(order, update, cfg.per_device, cfg.accumulation,
+                                                                 ctx.world, ctx.rank, len(examples))]
+
+    drive(ctx, trainer, loss_fn, batches_for)
+
+
+def drive(ctx: StageContext, trainer: Trainer, loss_fn: Callable, batches_for: Callable[[int], list]) -> None:
+    resumed = ctx.resume and trainer.load_state(ctx.record.artifacts.get("state")) is not None
+    keep_steps(ctx, trainer.update if resumed else None)
+    writer = tensorboard_writer(ctx)
+
+    def on_step(metrics: dict[str, float]) -> None:
+        ctx.record.steps.append(metrics)
+        if writer is not None:
+            for key, value in metrics.items():
+                if key != "step":
+                    writer.add_scalar(f"{ctx.plan.stage}/{key}", value, metrics["step"])
+        if ctx.is_main and metrics["step"] % trainer.config.checkpoint_every == 0:
+            heartbeat(ctx.record)
+
+    on_state = (lambda ref: commit_state(ctx.record, ref)) if ctx.is_main else None
+    report_total(ctx, trainer.config.run_updates)
+    for _ in run_updates(trainer, loss_fn, batches_for, on_step, lambda: {}, ctx.progress, on_state):
+        pass
+    if writer is not None:
+        writer.close()
+
+
+def keep_steps(ctx: StageContext, resumed_at: int | None) -> None:
+    """The steps the run record keeps as a (resumed) run starts: those up to the restored update, or none
+    for a fresh start. Every driver (the supervised loop, both RLVR drivers) starts this way."""
+    ctx.record.steps = [] if resumed_at is None else [s for s in ctx.record.steps if s["step"] <= resumed_at]
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -22,20 +22,21 @@ from typing import Any
 import torch
 
 from runner import losses
-from runner.stagekit import (
+from runner import plan as plans
+from runner.data.tokenizer import fixture_tokenizer, stage_tokenizer
+from runner.stages.kit import (
     StageContext,
-    fixture_tokenizer,
+    build_trainer,
+    drive,
     fresh_causal_lm,
     input_path,
     load_causal_lm,
     load_rows,
-    load_tokenizer,
     on_device,
     save_checkpoint,
     set_determinism,
     write_metrics_file,
 )
-from runner.stages.common import build_trainer, drive
 
 FIXTURE_COMPONENT = "fixture:pretrain/"  # the smoke plan's names for the fixture components
 
@@ -90,12 +91,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     seq_len = plan.hp("max_seq_length")
     parent = input_path(plan, "init")
     if parent is not None:
-        tokenizer, model = load_tokenizer(parent, plan), load_causal_lm(parent)
+        tokenizer, model = stage_tokenizer(plan, parent), load_causal_lm(parent)
     else:
         tokenizer = fixture_tokenizer(plan)
-        plan.model["spec"]["initializer_range"] = plan.hp("init_std", plan.model["spec"].get("initializer_range"))
+        plans.use_recorded_init_std(plan)
         model = fresh_causal_lm(plan, tokenizer, "pretraining starts from a random init, as recorded")
-        plan.deviations = [d for d in plan.deviations if d["key"] not in ("init", "model.initializer_range")]
+        plans.random_init_as_recorded(plan)
     blocks = component_blocks(plan, tokenizer, seq_len)
     phases = plan.phases
     updates = plan.hp("train_steps")

@@ -18,6 +18,14 @@ Per training step (tulu3.md §2.4, docs/semantics.md "PPO"):
    (0.2) and clipped value loss × 0.1, separate models and optimizers
    (AdamW, weight decay 0.01), each clipped to norm 1.0, one optimizer step
    per PPO epoch; linear LR over training steps × PPO epochs.
+
+Two drivers run these steps with the same `Learner` and `GenerationEngine`: in one process
+(`run_in_process`), or as two Ray actors (`run_with_ray`, `--ray`), as the recorded launch did. The
+recorded run was asynchronous: the engine generates step t+1's batch while the learner trains on step t,
+so the engine always samples with the policy one update behind. The in-process driver keeps that order,
+so with the same seed both give the same trajectory (every random draw is seeded per step, and both
+actors run with one torch thread). Resuming, recording a step and finishing are written once, here;
+connecting to a Ray cluster is runner/stages/rlvr_ray.py.
 """
 
 from __future__ import annotations
@@ -31,16 +39,18 @@ import torch
 
 from registry.errors import ReproError
 from runner import losses, schedules, state, verifiers
+from runner import plan as plans
 from runner.data import hub
 from runner.data.templates import render
+from runner.data.tokenizer import stage_tokenizer
 from runner.generation import generate
 from runner.records import commit_state, heartbeat
-from runner.stagekit import (
+from runner.stages.kit import (
     StageContext,
     input_path,
+    keep_steps,
     load_causal_lm,
     load_rows,
-    load_tokenizer,
     report_total,
     save_checkpoint,
     set_determinism,
@@ -98,12 +108,12 @@ def rm_scores(reward_model, query_response: torch.Tensor, pad: int) -> torch.Ten
 
 class GenerationEngine:
     """The sampling copy of the policy (the recorded run's vLLM engine); gets the learner's weights after
-    each update. A plain object in-process, a Ray actor under runner.ray_rlvr."""
+    each update. A plain object in-process, a Ray actor under `run_with_ray`."""
 
     def __init__(self, plan, policy_path: str) -> None:
         set_determinism(plan.seed)
         self.plan = plan
-        self.tokenizer = load_tokenizer(Path(policy_path), plan)
+        self.tokenizer = stage_tokenizer(plan, Path(policy_path))
         self.model = load_causal_lm(Path(policy_path)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -129,7 +139,7 @@ class Learner:
         seed = plan.seed
         set_determinism(seed)
         self.plan = plan
-        self.tokenizer = load_tokenizer(Path(paths["policy"]), plan)
+        self.tokenizer = stage_tokenizer(plan, Path(paths["policy"]))
         self.policy = load_causal_lm(Path(paths["policy"]))
         self.reference = load_causal_lm(Path(paths["reference"])).eval()
         # The value model starts from the trained reward model, head included (the 8B RM for 70B/405B too).
@@ -284,7 +294,7 @@ def setup(ctx: StageContext) -> Setup:
     if rm_path is None:
         raise ReproError(f"{plan.recipe}:rlvr needs its reward model; run `repro run {plan.recipe} --stage rm "
                          f"--profile smoke` first (the 70B/405B recipes use the 8B RM)")
-    tokenizer = load_tokenizer(policy_path, plan)
+    tokenizer = stage_tokenizer(plan, policy_path)
     prompts, filtered = prompt_rows(plan, tokenizer)
     if not prompts:
         raise ReproError(f"all {filtered} prompts exceed max_prompt_length {hp('max_prompt_length')} "
@@ -301,25 +311,36 @@ def setup(ctx: StageContext) -> Setup:
     return Setup(prompts, filtered, steps, total_opt, warmup, order, paths, tokenizer)
 
 
+def wants_ray(plan) -> bool:
+    return bool(plan.extra.get("ray_address") or plan.extra.get("use_ray"))
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    from runner.ray_rlvr import wants_ray
+    return run_with_ray(ctx) if wants_ray(ctx.plan) else run_in_process(ctx)
 
-    if wants_ray(ctx.plan):
-        from runner import ray_rlvr
 
-        return ray_rlvr.run(ctx)
+def resume(ctx: StageContext, restore) -> int:
+    """The step this run starts at: with --resume and a saved state, `restore(state_dir, ref)` puts the
+    learner and the engine back as they were and returns the step; the record keeps the steps up to it."""
+    saved = ctx.record.artifacts.get("state")
+    start = restore(str(ctx.record.state_dir), saved) if ctx.resume and saved else None
+    keep_steps(ctx, start)
+    return start or 0
+
+
+def run_in_process(ctx: StageContext) -> dict[str, Any]:
     plan, hp = ctx.plan, ctx.plan.hp
     prep = setup(ctx)
     learner = Learner(plan, prep.paths, prep.total_opt, prep.warmup)
     engine = GenerationEngine(plan, prep.paths["policy"])
-    state_dir, saved = str(ctx.record.state_dir), ctx.record.artifacts.get("state")
-    start = 0
-    if ctx.resume and saved:
-        start, engine_weights = learner.load_state(state_dir, saved)
+    state_dir = str(ctx.record.state_dir)
+
+    def restore(directory: str, ref: dict[str, Any]) -> int:
+        step, engine_weights = learner.load_state(directory, ref)
         engine.load_weights(engine_weights)
-        ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= start]
-    else:
-        ctx.record.steps = []
+        return step
+
+    start = resume(ctx, restore)
     pending = learner.weights()  # the weights the engine receives next
     batch = hp("effective_batch_size")
     for step in range(start, prep.steps):
@@ -330,6 +351,54 @@ def run(ctx: StageContext) -> dict[str, Any]:
         pending = learner.weights()
         record_step(ctx, metrics, step, prep.steps, lambda s: learner.save_state(state_dir, s, engine.weights()))
     return finish(ctx, prep, learner.policy)
+
+
+def run_with_ray(ctx: StageContext) -> dict[str, Any]:
+    """The same steps with a learner actor and a generation-engine actor (same math, same record); the
+    weights go from the learner to the engine through Ray's object store after every update."""
+    import ray
+
+    from runner.stages import rlvr_ray
+
+    plan, hp = ctx.plan, ctx.plan.hp
+    prep = setup(ctx)
+    batch = hp("effective_batch_size")
+    started_ray = rlvr_ray.connect(plan)
+    try:
+        if plan.profile == "recorded":
+            plans.record_ray_actors(plan)
+        resources = rlvr_ray.actor_resources(plan)
+        learner = ray.remote(**resources)(Learner).remote(plan, prep.paths, prep.total_opt, prep.warmup)
+        engine = ray.remote(**resources)(GenerationEngine).remote(plan, prep.paths["policy"])
+        state_dir = str(ctx.record.state_dir)
+
+        def restore(directory: str, ref: dict[str, Any]) -> int:
+            step, engine_weights = ray.get(learner.load_state.remote(directory, ref))
+            ray.get(engine.load_weights.remote(engine_weights))
+            return step
+
+        start = resume(ctx, restore)
+        pending = learner.weights.remote()  # the weights the engine receives next
+        upcoming = (engine.generate.remote([r["ids"] for r in prep.rows_for(start, batch)], start)
+                    if start < prep.steps else None)
+        for step in range(start, prep.steps):
+            responses = upcoming
+            # Async mode: the engine gets the weights of the last update and, while the learner trains on
+            # this step's samples, already generates the next step's batch with them.
+            engine.load_weights.remote(pending)
+            upcoming = (engine.generate.remote([r["ids"] for r in prep.rows_for(step + 1, batch)], step + 1)
+                        if step + 1 < prep.steps else None)
+            metrics = ray.get(learner.train_step.remote(step, prep.rows_for(step, batch), responses))
+            pending = learner.weights.remote()
+            record_step(ctx, metrics, step, prep.steps,
+                        lambda s: ray.get(learner.save_state.remote(state_dir, s, engine.weights.remote())))
+        policy = load_causal_lm(Path(prep.paths["policy"]))
+        policy.load_state_dict(ray.get(learner.weights.remote()))
+    finally:
+        if started_ray:
+            ray.shutdown()
+    plans.record_orchestration(plan, "ray: 1 learner actor, 1 generation-engine actor")
+    return finish(ctx, prep, policy)
 
 
 STATE_EVERY = 5  # PPO steps between resumable-state saves

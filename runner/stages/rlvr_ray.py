@@ -1,15 +1,7 @@
-"""RLVR orchestrated with Ray, as open-instruct's ppo_vllm_thread_ray_gtrl.py did.
-
-Two actors: a learner (policy, value, reference and reward models, both optimizers; it scores and
-trains) and a generation engine (the "vLLM engine": a copy of the policy that samples). After every
-update the learner's policy weights go to the engine through the object store. The recorded run was
-asynchronous: the engine generates step t+1's batch while the learner trains on step t, so the engine
-always samples with the policy one update behind; that is exactly the in-process order in
-runner/stages/rlvr.py, so with the same seed the reward trajectory is the same (every random draw is
-seeded per step, and both actors run with one torch thread).
-
-The math is rlvr.py's: both drivers use its `Learner` and `GenerationEngine`; only the orchestration
-differs.
+"""The Ray side of the RLVR stage: checking and joining a cluster (or starting a small local one), and
+the resources each actor asks for. The driver that runs the learner and engine actors is
+runner/stages/rlvr.run_with_ray; this module imports nothing from it, and no torch, so `repro run
+--ray-address` can check the address before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -17,11 +9,10 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from registry.errors import ReproError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the source tree the actors import runner from
 CHECK_TIMEOUT_S = 5.0
 
 
@@ -52,14 +43,10 @@ def check_address(address: str, timeout: float = CHECK_TIMEOUT_S) -> None:
                          "start it with `ray start --head` or fix --ray-address") from None
 
 
-def wants_ray(plan) -> bool:
-    return bool(plan.extra.get("ray_address") or plan.extra.get("use_ray"))
+# ---------------------------------------------------------------- joining a cluster
 
 
-# ---------------------------------------------------------------- the driver
-
-
-def _connect(plan) -> bool:
+def connect(plan) -> bool:
     """Join the named cluster, or start a small local one; True when this call started Ray (and stops it)."""
     try:
         import ray
@@ -99,65 +86,3 @@ def on_gpus(plan) -> bool:
 
 def actor_resources(plan) -> dict[str, float]:
     return {"num_cpus": 1, "num_gpus": 1} if on_gpus(plan) else {"num_cpus": 1}
-
-
-def record_actor_layout(plan) -> None:
-    """This driver trains with one learner actor and one engine actor whatever the layout recorded: the
-    difference from the recorded learner count (DeepSpeed ZeRO-3 over the actor GPUs) and from its vLLM
-    engines is a deviation, recorded once."""
-    layout = plan.layout
-    if layout.get("actor_gpus") and layout["actor_gpus"] != 1:
-        plan.deviate("actor_gpus", layout["actor_gpus"], 1, "runner.ray_rlvr trains with one learner actor")
-    if layout.get("vllm_engines"):
-        plan.deviate("generation_engine", f"{layout['vllm_engines']} vLLM engine(s), TP "
-                     f"{layout.get('vllm_tensor_parallel_size') or 1}", "1 engine actor sampling with transformers",
-                     "no vLLM engine in runner.ray_rlvr: the engine actor samples with the policy copy")
-
-
-def run(ctx) -> dict[str, Any]:
-    """The rlvr stage with a learner actor and a generation-engine actor (same math, same record)."""
-    import ray
-
-    from runner.stages.rlvr import GenerationEngine, Learner, finish, record_step, setup
-
-    plan, hp = ctx.plan, ctx.plan.hp
-    prep = setup(ctx)
-    batch = hp("effective_batch_size")
-    started_ray = _connect(plan)
-    try:
-        if plan.profile == "recorded":
-            record_actor_layout(plan)
-        resources = actor_resources(plan)
-        learner = ray.remote(**resources)(Learner).remote(plan, prep.paths, prep.total_opt, prep.warmup)
-        engine = ray.remote(**resources)(GenerationEngine).remote(plan, prep.paths["policy"])
-        state_dir, saved = str(ctx.record.state_dir), ctx.record.artifacts.get("state")
-        start = 0
-        if ctx.resume and saved:
-            start, engine_weights = ray.get(learner.load_state.remote(state_dir, saved))
-            ray.get(engine.load_weights.remote(engine_weights))
-            ctx.record.steps = [s for s in ctx.record.steps if s["step"] <= start]
-        else:
-            ctx.record.steps = []
-        pending = learner.weights.remote()  # the weights the engine receives next
-        upcoming = (engine.generate.remote([r["ids"] for r in prep.rows_for(start, batch)], start)
-                    if start < prep.steps else None)
-        for step in range(start, prep.steps):
-            responses = upcoming
-            # Async mode: the engine gets the weights of the last update and, while the learner trains on
-            # this step's samples, already generates the next step's batch with them.
-            engine.load_weights.remote(pending)
-            upcoming = (engine.generate.remote([r["ids"] for r in prep.rows_for(step + 1, batch)], step + 1)
-                        if step + 1 < prep.steps else None)
-            metrics = ray.get(learner.train_step.remote(step, prep.rows_for(step, batch), responses))
-            pending = learner.weights.remote()
-            record_step(ctx, metrics, step, prep.steps,
-                        lambda s: ray.get(learner.save_state.remote(state_dir, s, engine.weights.remote())))
-        from runner.stagekit import load_causal_lm
-
-        policy = load_causal_lm(Path(prep.paths["policy"]))
-        policy.load_state_dict(ray.get(learner.weights.remote()))
-    finally:
-        if started_ray:
-            ray.shutdown()
-    plan.extra["orchestration"] = "ray: 1 learner actor, 1 generation-engine actor"
-    return finish(ctx, prep, policy)

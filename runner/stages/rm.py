@@ -22,19 +22,20 @@ import torch
 from runner import losses
 from runner.data import masking
 from runner.data.templates import render
-from runner.stagekit import (
+from runner.data.tokenizer import stage_tokenizer
+from runner.stages.kit import (
     StageContext,
+    build_trainer,
     input_path,
     load_rows,
-    load_tokenizer,
     model_source,
     on_device,
+    run_loop,
     save_checkpoint,
     set_determinism,
     train_rows,
     write_metrics_file,
 )
-from runner.stages.common import build_trainer, run_loop
 
 EVAL_ROWS = 100  # reward_modeling.py truncates its eval set to sanity_check_max_samples
 
@@ -120,10 +121,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     parent = input_path(plan, "init")
     if plan.profile == "recorded":  # --input, the mirror or the Hub, as recorded
         source, revision = model_source(plan)
-        tokenizer = load_tokenizer(source, plan, revision)
+        tokenizer = stage_tokenizer(plan, source, revision)
         model = load_reward_model(source, seed, plan, tokenizer, revision)
     else:
-        tokenizer = load_tokenizer(parent, plan)
+        tokenizer = stage_tokenizer(plan, parent)
         model = load_reward_model(parent, seed)
     model.config.pad_token_id = tokenizer.pad_token_id
     pad = tokenizer.pad_token_id

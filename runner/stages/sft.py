@@ -19,21 +19,21 @@ from typing import Any
 
 from runner import losses
 from runner.data import masking
-from runner.stagekit import (
+from runner.data.tokenizer import fixture_tokenizer, stage_tokenizer
+from runner.stages.kit import (
     StageContext,
-    fixture_tokenizer,
+    build_trainer,
     fresh_causal_lm,
     init_model,
     input_path,
     load_causal_lm,
-    load_tokenizer,
     on_device,
+    run_loop,
     save_checkpoint,
     set_determinism,
     train_rows,
     write_metrics_file,
 )
-from runner.stages.common import build_trainer, run_loop
 
 
 def encode(plan, rows: list[dict[str, Any]], tokenizer) -> tuple[list[dict[str, list[int]]], int]:
@@ -66,11 +66,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if plan.profile == "recorded":
         tokenizer, model = init_model(plan)  # --input, the mirror or the Hub, as recorded
     elif parent is not None:
-        tokenizer = load_tokenizer(parent, plan)
-        if plan.chat_template:
-            from runner.stagekit import chat_template_jinja
-
-            tokenizer.chat_template = chat_template_jinja(plan.chat_template)
+        tokenizer = stage_tokenizer(plan, parent, foreign=True)  # a base model: it learns the plan's template
         model = load_causal_lm(parent)
     else:
         tokenizer = fixture_tokenizer(plan)

@@ -11,8 +11,9 @@ from runner.plan import resolve
 
 @pytest.fixture(scope="module")
 def tulu_pairs():
-    from runner.stagekit import fixture_tokenizer, fresh_causal_lm, set_determinism, train_rows
+    from runner.data.tokenizer import fixture_tokenizer
     from runner.stages.dpo import encode_pairs
+    from runner.stages.kit import fresh_causal_lm, set_determinism, train_rows
 
     plan = resolve(load_recipes(), "tulu3-8b", "dpo", "smoke")
     set_determinism(0)

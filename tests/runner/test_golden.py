@@ -71,7 +71,7 @@ def cpu_fingerprint() -> dict:
         "cpu": " / ".join(info.get(k, "?") for k in ("model name", "cpu family", "model", "stepping")),
         "cpu_flags_sha256": hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:16],
         "caches": " ".join(caches),
-        "run_threads": os.environ.get("REPRO_TORCH_THREADS", "1"),  # what the stages set (runner/stagekit.py)
+        "run_threads": os.environ.get("REPRO_TORCH_THREADS", "1"),  # what the stages set (runner/stages/kit.py)
     }
 
 

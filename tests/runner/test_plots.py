@@ -61,7 +61,7 @@ class _Plan:
 def test_progress_bar_shows_total_and_eta(monkeypatch):
     """The stage reports its update count; the bar then renders N/TOTAL, and rich can estimate the rest."""
     from runner.commands import run as run_cli
-    from runner.stagekit import StageContext, report_total
+    from runner.stages.kit import StageContext, report_total
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     with run_cli._progress(_Plan(), quiet=False) as progress:

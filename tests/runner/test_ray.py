@@ -21,7 +21,7 @@ STEPS = 3
 
 
 def test_check_address_refuses_a_dead_address_quickly():
-    from runner.ray_rlvr import check_address
+    from runner.stages.rlvr_ray import check_address
 
     started = time.monotonic()
     with pytest.raises(ReproError) as info:
@@ -32,7 +32,7 @@ def test_check_address_refuses_a_dead_address_quickly():
 
 
 def test_check_address_rejects_malformed():
-    from runner.ray_rlvr import check_address
+    from runner.stages.rlvr_ray import check_address
 
     with pytest.raises(ReproError, match="HOST:PORT"):
         check_address("127.0.0.1:notaport")
@@ -53,14 +53,14 @@ def _run(cli, *args: str) -> dict:
 @pytest.mark.slow
 def test_ray_rlvr_reproduces_in_process_trajectory(cli, monkeypatch):
     ray = pytest.importorskip("ray")
-    import runner.ray_rlvr as ray_rlvr
+    import runner.stages.rlvr_ray as rlvr_ray
 
     for stage in ("sft", "dpo", "rm"):  # the inputs of the rlvr stage, as short as they can be
         _run(cli, "--stage", stage, "--max-steps", "2")
     local = _run(cli, "--stage", "rlvr", "--max-steps", str(STEPS))
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ray_rlvr.ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(rlvr_ray.ROOT), os.environ.get("PYTHONPATH")])))
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100_000_000,
              log_to_driver=False, runtime_env={"env_vars": {"REPRO_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
                                                             "HF_HUB_OFFLINE": "1"}})

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from runner.stages import common, rlvr
+from runner.stages import kit, rlvr
 from runner.stages.dpo import reward_metrics
 
 
@@ -41,7 +41,7 @@ def _ctx(family: str, stage: str, world: int, **hps):
 def test_tulu3_sft_schedule_sized_from_the_unsharded_data():
     ctx = _ctx("tulu3", "sft", 64, per_device_batch_size=1, gradient_accumulation_steps=2, epochs=2,
                warmup_ratio=0.03, learning_rate=5e-6, lr_scheduler="linear")
-    cfg = common.loop_config(ctx, 939_344)
+    cfg = kit.loop_config(ctx, 939_344)
     assert cfg.total_updates == 14_678  # what 64 processes actually run
     assert cfg.schedule_length == 939_344  # what the scheduler was built with (not 14,678·64 = 939,392)
     assert cfg.warmup_steps == 28_180
@@ -51,13 +51,13 @@ def test_tulu3_sft_schedule_sized_from_the_unsharded_data():
 def test_smollm2_and_single_process_schedules_unchanged():
     ctx = _ctx("smollm2", "sft", 1, per_device_batch_size=4, gradient_accumulation_steps=2, epochs=1,
                warmup_ratio=0.1, learning_rate=1e-3, lr_scheduler="cosine")
-    cfg = common.loop_config(ctx, 101)
+    cfg = kit.loop_config(ctx, 101)
     assert (cfg.total_updates, cfg.schedule_length, cfg.steps_per_update, cfg.warmup_steps) == (13, 13, 1, 2)
 
 
 def test_wsd_stage_without_min_lr_keeps_the_peak():
     ctx = _ctx("smollm2", "pretrain", 1, learning_rate=1e-3, lr_scheduler="wsd")
-    cfg = common.loop_config(ctx, None, total_updates=30)
+    cfg = kit.loop_config(ctx, None, total_updates=30)
     assert cfg.wsd["min_lr"] is None  # → the peak inside build_schedule (nanotron's default)
 
 

@@ -45,10 +45,11 @@ def trl_python():
 def _our_logps(plan, model_dir, picked_mbs):
     """Mean chosen / rejected sequence log-probs per micro-batch, averaged, as TRL logs logps/*."""
     from runner import switches
-    from runner.stagekit import load_causal_lm, load_tokenizer, train_rows
+    from runner.data.tokenizer import stage_tokenizer
     from runner.stages import dpo
+    from runner.stages.kit import load_causal_lm, train_rows
 
-    tok = load_tokenizer(model_dir, plan)
+    tok = stage_tokenizer(plan, model_dir)
     pairs, dropped = dpo.encode_pairs(plan, train_rows(plan), tok)
     assert dropped == 0
     model = load_causal_lm(model_dir).eval()
@@ -79,7 +80,7 @@ def test_dpo_first_update_equals_trl_dpotrainer(model_dir, trl_python):
     assert reply["rope_theta"] == 100000.0  # the transformers-5 folder was read with its real RoPE base
     theirs = reply["updates"][0]
 
-    from runner.stagekit import train_rows
+    from runner.stages.kit import train_rows
 
     mbs = compare.first_update_indices(plan, len(train_rows(plan)))
     pairs, logp_c, logp_r, widths = _our_logps(plan, model_dir, mbs)
@@ -149,11 +150,11 @@ def test_smollm2_sft_first_update_equals_trl_sfttrainer(model_dir, trl_python):
     factor (0.99609 at L = 256, 0.99988 at the recorded 8,192). Under gradient clipping (norm ≫ 1) and Adam,
     the update is unchanged by it.
     """
-    from runner.stagekit import load_tokenizer
+    from runner.data.tokenizer import stage_tokenizer
 
     length = 256
     plan = compare.sft_plan(model_dir, accumulation=2, max_seq_length=length, per_device=4)
-    tokenizer = load_tokenizer(model_dir, plan)
+    tokenizer = stage_tokenizer(plan, model_dir)
     request = compare.sft_request(plan, model_dir, tokenizer)
     record = compare.run_stage(plan)
     ours = record.steps[0]

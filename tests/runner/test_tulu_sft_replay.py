@@ -58,11 +58,12 @@ def hand_encode(messages: list[dict], tok, max_len: int) -> dict | None:
 @pytest.mark.slow
 def test_tulu3_sft_first_update_equals_hand_computed_sum_loss():
     from registry.recipes import load_recipes
+    from runner.data.tokenizer import fixture_tokenizer
     from runner.execute import execute, resolve_inputs
     from runner.models import build_model
     from runner.plan import resolve
-    from runner.stagekit import fixture_tokenizer, miniature_config, train_rows
     from runner.stages import sft
+    from runner.stages.kit import miniature_config, train_rows
     from runner.trainer import epoch_order, micro_batches
 
     reg = load_recipes()
