@@ -48,7 +48,7 @@ OUT_ROOT = "pipelines"
 PACKAGES = ("runner", "registry")
 # Every stage names runner/ and registry/ whole, so any code commit shows every stage as changed. That
 # is the honest list, not a shortcut: a smoke run executes `repro run` (runner.cli builds the whole
-# command set: registry.cli, commands/run.py, commands/plan.py, eval_cli, plots), then the plan, launch and record
+# command set: registry.cli, commands/{run,plan,eval}.py, plots), then the plan, launch and record
 # code, the shared training code (stagekit, trainer, losses, models, schedules, state, switches,
 # cards, data/, stages/common.py) and the registry's schema, sync and hashing, and most modules import
 # others inside functions, on paths that depend on the stage, the profile and the input (resume,

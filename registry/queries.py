@@ -182,3 +182,10 @@ def run_input_hashes(session: Session, run_id: str) -> list[LineageEdgeRow]:
     return list(session.scalars(select(LineageEdgeRow).where(
         or_(LineageEdgeRow.child == f"run:{run_id}", LineageEdgeRow.parent == f"run:{run_id}"),
         LineageEdgeRow.content_hash.is_not(None))))
+
+
+# ---------------------------------------------------------------- checkpoints by name (evaluation targets)
+
+
+def checkpoint_by_name(session: Session, name: str) -> CheckpointRow | None:
+    return session.scalar(select(CheckpointRow).where(CheckpointRow.name == name))

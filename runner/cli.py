@@ -19,7 +19,8 @@ def _apps() -> tuple[Any, Any]:
     import typer
 
     from registry.cli import app
-    from runner import eval_cli, plots
+    from runner import plots
+    from runner.commands import eval as eval_command
     from runner.commands import plan as plan_command
     from runner.commands import run as run_command
 
@@ -29,8 +30,8 @@ def _apps() -> tuple[Any, Any]:
     run_command.register(app)
     plots.register(plot_app)
     plan_command.register(app)
-    eval_cli.register(app)
-    eval_cli.register_plot(plot_app)
+    eval_command.register(app)
+    eval_command.register_plot(plot_app)
     return app, plot_app
 
 

@@ -408,6 +408,59 @@ def summary(comparisons: list[Comparison]) -> dict[str, int]:
     return {v: sum(c.verdict == v for c in comparisons) for v in VERDICTS}
 
 
+def latest_metrics(session, run_id: str) -> list[dict[str, Any]]:
+    """A run's metrics as compared: its latest eval value of each name, then the final metrics no eval
+    metric shadows."""
+    from registry.queries import run_metrics
+
+    latest: dict[str, dict[str, Any]] = {}
+    for row in run_metrics(session, run_id, kind="eval"):  # ordered by id: a later row replaces an earlier one
+        latest[row.name] = {"name": row.name, "value": row.value, "protocol": row.protocol or {}, "kind": "eval"}
+    for row in run_metrics(session, run_id, kind="final"):
+        if row.name not in latest:
+            latest.setdefault(row.name, {"name": row.name, "value": row.value, "protocol": row.protocol or {},
+                                         "kind": "final"})
+    return list(latest.values())
+
+
+def comparison_document(run_ref: str, against: str | None = None) -> dict[str, Any]:
+    """Everything `repro compare` prints, for one run (plus "comparisons", the Comparison objects the
+    scorecard draws)."""
+    from registry.database import session_scope
+    from registry.queries import get_run
+    from registry.recipes import load_recipes
+
+    with session_scope() as session:
+        run = get_run(session, run_ref)
+        if run is None:
+            raise ReproError(f"unknown run {run_ref!r}; see `repro runs`")
+        metrics = latest_metrics(session, run.id)
+        run_id, run_dir, profile, plan = run.id, run.run_dir, run.profile, run.plan or {}
+        recipe_stage = plan.get("recipe_stage") if run.stage == "eval" else f"{run.recipe}:{run.stage}"
+    if not metrics:
+        raise ReproError(f"run {run_id} has no metrics to compare; evaluate it first "
+                         f"(repro eval {run_id} --suite verifiers|preference|heldout)")
+    reg = load_recipes()
+    checkpoint = against or plan.get("published_checkpoint") or plan.get("checkpoint")
+    if checkpoint is None and recipe_stage and ":" in recipe_stage:
+        checkpoint = published_checkpoint(reg, *recipe_stage.split(":", 1))
+    if against is not None and against not in reg.model.checkpoints:
+        from registry.errors import unknown
+
+        raise unknown("checkpoint", against, reg.model.checkpoints)
+    ckpt = reg.model.checkpoints.get(checkpoint) if checkpoint else None
+    published = [{"benchmark": m.benchmark, "value": m.value, "protocol": m.protocol.model_dump()}
+                 for m in (ckpt.metrics if ckpt else [])]
+    references = load_smoke_references().get(recipe_stage, {}) if recipe_stage else {}
+    comparisons, unmatched = compare_run(metrics, published=published, published_source=checkpoint if ckpt else None,
+                                         references=references, reference_source=recipe_stage,
+                                         prefer_published=profile == "recorded" or against is not None)
+    return {"run": run_id, "run_dir": run_dir, "profile": profile, "recipe_stage": recipe_stage or "external",
+            "published_checkpoint": checkpoint if ckpt else None, "comparisons": comparisons,
+            "metrics": [c.to_json() for c in comparisons], "no_counterpart": unmatched,
+            "summary": summary(comparisons)}
+
+
 # ---------------------------------------------------------------- scorecard
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.database import session_scope
 from registry.db import RunRow, utcnow
@@ -34,12 +34,16 @@ from registry.queries import (
     add_run_metrics,
     mark_stale_runs,
     register_run_checkpoint,
+    replace_eval_metrics,
     replace_run_series,
     step_series,
     update_run,
 )
 from registry.run_status import pid_alive
 from runner.plan import RunPlan, runs_root
+
+if TYPE_CHECKING:
+    from runner.eval_run import Target
 
 PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "datasets", "deepspeed", "sqlalchemy", "pydantic",
             "trl", "vllm", "ray", "dvc")
@@ -83,8 +87,12 @@ def hardware() -> dict[str, Any]:
 
 
 def new_run_id(recipe: str, stage: str) -> str:
+    return _stamped_id(f"{recipe}-{stage}")
+
+
+def _stamped_id(prefix: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{recipe}-{stage}-{stamp}-{secrets.token_hex(2)}"
+    return f"{prefix}-{stamp}-{secrets.token_hex(2)}"
 
 
 @dataclass
@@ -388,3 +396,49 @@ def import_run(run_dir: Path) -> bool:
             register_run_checkpoint(session, data["run_id"], name, str(run_dir / "checkpoint"), data["stage"],
                                     data["artifacts"]["checkpoint"])
     return True
+
+
+# ---------------------------------------------------------------- evaluations
+
+MAX_HASH_BYTES = 2 << 30  # hashing a multi-GB checkpoint on every eval is not worth it; lineage keeps its path
+
+
+def hash_or_none(path: Path) -> str | None:
+    """The DVC hash of an evaluated checkpoint or eval data file; None above MAX_HASH_BYTES."""
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return dvc_hash(path) if size <= MAX_HASH_BYTES else None
+
+
+def record_eval(target: Target, suite: str, profile: str, metrics: list[dict[str, Any]],
+                datasets: list[tuple[str, str | None, str | None]],
+                extra: dict[str, Any] | None = None) -> tuple[str, Path]:
+    """Record one evaluation in one transaction; returns (run id, run directory).
+
+    A run target keeps its metrics: the new values replace its eval metrics of the same names. Any other
+    target gets a new run (stage "eval", profile "eval") holding the metrics, linked to the checkpoint it
+    evaluated. Each (dataset node, digest, path) in `datasets` becomes an "eval" edge into that run."""
+    with session_scope() as session:
+        if target.run_id is not None:
+            run_id, run_dir = target.run_id, Path(session.get(RunRow, target.run_id).run_dir)
+            replace_eval_metrics(session, run_id, [m["name"] for m in metrics])
+        else:
+            run_id, run_dir = _new_eval_run(session, target, suite, profile, metrics, extra)
+        add_run_metrics(session, run_id, metrics)
+        _add_edges(session, [(node, f"run:{run_id}", "eval", digest, path) for node, digest, path in datasets])
+    return run_id, run_dir
+
+
+def _new_eval_run(session, target: Target, suite: str, profile: str, metrics: list[dict[str, Any]],
+                  extra: dict[str, Any] | None) -> tuple[str, Path]:
+    run_id = _stamped_id("eval")
+    run_dir = runs_root() / run_id
+    recipe = (target.recipe_stage or "external:eval").split(":", 1)[0]
+    row = RunRow(id=run_id, recipe=recipe, stage="eval", profile="eval", status="succeeded",
+                 run_dir=str(run_dir), finished_at=utcnow(),
+                 plan={"target": target.label, "checkpoint_path": str(target.path), "checkpoint": target.checkpoint,
+                       "recipe_stage": target.recipe_stage, "suite": suite, "eval_profile": profile,
+                       **(extra or {})},
+                 deviations=[], final_metrics={m["name"]: m["value"] for m in metrics})
+    add_run(session, row, [])
+    _add_edges(session, [(target.node, f"run:{run_id}", "evaluated", hash_or_none(target.path), str(target.path))])
+    return run_id, run_dir

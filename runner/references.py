@@ -31,20 +31,12 @@ RELATIVE_TOLERANCE = {"heldout loss": 0.02, "heldout perplexity": 0.05}
 
 def evaluate_run(run_id: str, family: str, stage: str) -> list[dict[str, Any]]:
     """Run the stage's suites on a run (recording the metrics on it); returns the metric documents."""
-    from registry.cli import run_app
-    from runner.cli import app
+    from runner.eval_run import evaluate_target
 
     metrics: list[dict[str, Any]] = []
     for suite in SUITES[(family, stage)]:
-        import contextlib
-        import io
-
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = run_app(app, ["eval", run_id, "--suite", suite, "--json"])
-        if code != 0:
-            raise RuntimeError(f"repro eval {run_id} --suite {suite} exited {code}")
-        metrics += json.loads(out.getvalue())["metrics"]
+        # Through JSON as `repro eval --json` prints it, so the file holds exactly what that command shows.
+        metrics += json.loads(json.dumps(evaluate_target(run_id, suite)["metrics"], default=str))
     return metrics
 
 
