@@ -484,6 +484,27 @@ def attach_inputs(plan: RunPlan, inputs: dict[str, dict[str, Any]]) -> None:
                          "--input substitution on the command line")
 
 
+def use_data_sources(plan: RunPlan, entries: list[dict[str, Any]], stood_in_for: list[str] | None = None) -> None:
+    """The recorded profile's datasets with their sources named (runner.data.hub.attach_sources): Hub id,
+    config, row schema, mirror folder. `stood_in_for` (the recorded training sets) says --public-stand-in
+    replaced internal sets; a mirror folder that cannot prove its revision is a deviation of that dataset."""
+    if stood_in_for is not None:
+        plan.deviate("datasets", stood_in_for, [d["dataset"] for d in entries if d["role"] == "train"],
+                     "--public-stand-in: the recorded run's internal sets were never released; the public "
+                     "stand-in the recording names trains instead")
+    plan.datasets = entries
+    for entry in entries:
+        if entry.get("mirror") and not entry.get("revision_verified") and entry.get("revision"):
+            plan.deviate(f"dataset.{entry['dataset']}.revision", entry.get("revision"),
+                         f"mirror {entry['mirror']} (content sha256 {entry['mirror_hash'][:16]})",
+                         "a plain mirror folder cannot prove which Hub revision its files came from")
+
+
+def skip_heldout(plan: RunPlan) -> None:
+    """No held-out evaluation after training: the replay comparisons (runner/replay) compare updates only."""
+    plan.heldout = None
+
+
 def record_launch(plan: RunPlan, launch: dict[str, Any]) -> None:
     """The commands a launcher actually ran, and where (run.json's plan.extra.launch)."""
     plan.extra["launch"] = launch

@@ -130,7 +130,7 @@ def attach_sources(plan: RunPlan, registry: Registry, mirror: Path | None, stand
     recorded_names = [d["dataset"] for d in plan.datasets if d["role"] == "train"]
     swapped: list[str] = []
     entries: list[dict[str, Any]] = []
-    for entry in plan.datasets:
+    for entry in map(dict, plan.datasets):  # copies: the plan changes only in runner.plan.use_data_sources
         info = registry.model.datasets.get(entry["dataset"])
         if info is not None and not info.published and entry["role"] == "train":
             public = stand_in_for(registry, plan, entry["dataset"])
@@ -144,12 +144,7 @@ def attach_sources(plan: RunPlan, registry: Registry, mirror: Path | None, stand
             entry["internal"] = True
             entry["stand_in"] = public
         entries.append(entry)
-    if swapped:
-        plan.deviate("datasets", recorded_names, [d["dataset"] for d in entries if d["role"] == "train"],
-                     "--public-stand-in: the recorded run's internal sets were never released; the public "
-                     "stand-in the recording names trains instead")
-    plan.datasets = entries
-    for entry in plan.datasets:
+    for entry in entries:
         info = registry.model.datasets.get(entry["dataset"])
         if info is None:
             continue
@@ -157,10 +152,9 @@ def attach_sources(plan: RunPlan, registry: Registry, mirror: Path | None, stand
                       "schema": ROW_SCHEMA.get(entry["dataset"], info.schema_)})
         if mirror is not None and info.hub_id and not entry.get("internal"):
             entry.update(mirror_entry(mirror, info.hub_id, entry.get("revision"), "dataset"))
-            if not entry["revision_verified"] and entry.get("revision"):
-                plan.deviate(f"dataset.{entry['dataset']}.revision", entry.get("revision"),
-                             f"mirror {entry['mirror']} (content sha256 {entry['mirror_hash'][:16]})",
-                             "a plain mirror folder cannot prove which Hub revision its files came from")
+    from runner.plan import use_data_sources
+
+    use_data_sources(plan, entries, recorded_names if swapped else None)
 
 
 def stand_in_for(registry: Registry, plan: RunPlan, name: str) -> str | None:

@@ -25,14 +25,13 @@ def dpo_plan(init: Path, accumulation: int, extra: dict[str, Any] | None = None)
     """The smollm2-135m DPO plan with the recorded semantics, starting from `init`, with its inputs resolved."""
     from registry.recipes import load_recipes
     from runner.execute import resolve_inputs
-    from runner.plan import resolve
+    from runner.plan import attach_inputs, resolve, skip_heldout
 
     reg = load_recipes()
     plan = resolve(reg, "smollm2-135m", "dpo", "smoke",
                    {**RECORDED_DPO, "gradient_accumulation_steps": accumulation, **(extra or {})})
-    plan.inputs = resolve_inputs(reg, plan, {"init": str(init)})
-    # The held-out evaluation after training is not part of the update compared here.
-    plan.heldout = None
+    attach_inputs(plan, resolve_inputs(reg, plan, {"init": str(init)}))
+    skip_heldout(plan)  # the held-out evaluation after training is not part of the update compared here
     return plan
 
 
@@ -89,14 +88,14 @@ def sft_plan(init: Path, accumulation: int, max_seq_length: int, per_device: int
     """The smollm2-135m SFT plan: packing on (AH-ORIG run_sft.py), the real model as init."""
     from registry.recipes import load_recipes
     from runner.execute import resolve_inputs
-    from runner.plan import resolve
+    from runner.plan import attach_inputs, resolve, skip_heldout
 
     reg = load_recipes()
     plan = resolve(reg, "smollm2-135m", "sft", "smoke",
                    {"packing": True, "max_seq_length": max_seq_length, "per_device_batch_size": per_device,
                     "gradient_accumulation_steps": accumulation, "learning_rate": 1e-3})
-    plan.inputs = resolve_inputs(reg, plan, {"init": str(init)})
-    plan.heldout = None
+    attach_inputs(plan, resolve_inputs(reg, plan, {"init": str(init)}))
+    skip_heldout(plan)
     return plan
 
 
