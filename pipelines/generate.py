@@ -49,8 +49,8 @@ PACKAGES = ("runner", "registry")
 # Every stage names runner/ and registry/ whole, so any code commit shows every stage as changed. That
 # is the honest list, not a shortcut: a smoke run executes `repro run` (runner.cli builds the whole
 # command set: registry.cli, commands/{run,plan,eval}.py, plots), then the plan, launch and record
-# code, the shared training code (stagekit, trainer, losses, models, schedules, state, switches,
-# cards, data/, stages/common.py) and the registry's schema, sync and hashing, and most modules import
+# code, the shared training code (stages/kit.py, trainer, losses, models, schedules, state, switches,
+# cards, data/) and the registry's schema, sync and hashing, and most modules import
 # others inside functions, on paths that depend on the stage, the profile and the input (resume,
 # conversion, RLVR verifiers). A per-stage file list would have to be kept equal to those lazy imports
 # by hand; one that missed a file would let DVC skip a stage whose output that file changes, which is
