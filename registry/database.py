@@ -23,14 +23,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.db import SCHEMA_REVISION
-from registry.dbinfo import database_url, default_url  # noqa: F401 - re-exported
+# database_url and default_url are re-exported: callers ask this module for the URL.
+from registry.dbinfo import KNOWN_REVISIONS, MIGRATIONS_DIR, SCHEMA_REVISION, database_url, default_url  # noqa: F401
 from registry.errors import ReproError
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-# oldest first; the last one is SCHEMA_REVISION
-KNOWN_REVISIONS = ("0001_initial", "0002_run_metric_lookup", "0003_step_series", "0004_lineage_nodes",
-                   "0005_run_seq")
 
 
 def safe_url(url: str) -> str:
