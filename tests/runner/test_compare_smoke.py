@@ -50,3 +50,19 @@ def test_compare_exits_1_when_a_metric_changed(in_smoke_home, tmp_path, monkeypa
 def test_compare_an_unknown_run_is_refused(in_smoke_home):
     code, out, err = run_cli("compare", in_smoke_home[("smollm2-135m", "sft")]["run_id"] + "-nope")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_references_evaluate_a_run_without_the_cli(in_smoke_home):
+    # runner.references calls the evaluation directly; what it would write for a stage has the same metric
+    # names as the registry's references for that stage, and the metrics land on the run.
+    from registry.database import session_scope
+    from registry.queries import run_metrics
+    from runner.compare import load_smoke_references
+    from runner.references import evaluate_run, reference_document
+
+    run_id = in_smoke_home[("smollm2-135m", "sft")]["run_id"]
+    document = reference_document(evaluate_run(run_id, "smollm2", "sft"))
+    assert set(document) == set(load_smoke_references()["smollm2-135m:sft"])
+    assert all("data_path" not in entry["protocol"] for entry in document.values())
+    with session_scope() as session:
+        assert set(document) <= {row.name for row in run_metrics(session, run_id, kind="eval")}
