@@ -1,7 +1,7 @@
 """Run a planned stage: resolve inputs, record the run, call the stage module, finish the record.
 
 `repro run` calls `execute()` in-process for the local launcher. The accelerate
-launcher starts `python -m runner.execute --run-dir DIR` in every process; rank 0
+launcher starts `python -m runner.execute --run-dir DIR [--resume]` in every process; rank 0
 owns the record, the others only train.
 """
 
@@ -290,11 +290,14 @@ def deepspeed_plugin(plan: RunPlan | None, cuda: bool) -> Any:
     return plugin
 
 
-def worker(run_dir: Path) -> None:
+def worker(run_dir: Path, resume: bool = False) -> None:
     """One launched process: train the planned stage; the process of global rank 0 writes the record.
 
     The launching `repro run` (machine rank 0) created the record and finishes it when every process has
-    exited; the other nodes point their processes at a worker copy that is never registered."""
+    exited; the other nodes point their processes at a worker copy that is never registered. With `resume`
+    (a DDP run continued by runner.launched: `--launcher accelerate`, or the recorded torchrun launch on one
+    node) every process loads the one state file the record names: DDP replicates the optimizer, so rank 0's
+    saved state is every rank's."""
     record = RunRecord.load(run_dir)
     module = importlib.import_module(STAGE_MODULES[record.plan.stage])
     if record.plan.layout.get("launcher") == "ray" and record.plan.profile == "recorded":
@@ -304,7 +307,7 @@ def worker(run_dir: Path) -> None:
         record.save()
         return
     accelerator = make_accelerator(record.plan)
-    ctx = stage_context(record, accelerator=accelerator)
+    ctx = stage_context(record, resume=resume, accelerator=accelerator)
     module.run(ctx)
     # What actually trained, in the record: accelerate falls back quietly (its CPU mode drops DeepSpeed).
     plugin = accelerator.state.deepspeed_plugin
@@ -327,8 +330,9 @@ def main() -> None:
     """Entry point for launched processes (accelerate launch / torchrun ... -m runner.execute --run-dir DIR)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from the state the run record names")
     args = parser.parse_args()
-    worker(Path(args.run_dir))
+    worker(Path(args.run_dir), resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -102,14 +102,15 @@ def node_for(plan: RunPlan, nodes: Nodes | None) -> Nodes:
                  nodes.main_process_port)
 
 
-def recorded_launch(plan: RunPlan, run_dir: str = "RUN_DIR", nodes: Nodes | None = None) -> list[str]:
+def recorded_launch(plan: RunPlan, run_dir: str = "RUN_DIR", nodes: Nodes | None = None,
+                    resume: bool = False) -> list[str]:
     """The argv that runs this stage at its (recorded or planned) layout, on the node `nodes` names.
 
     Every launcher starts `runner.execute` in each process; the same command runs on every node with only
-    the machine rank differing."""
+    the machine rank differing. `resume`: the processes continue from the state the run record names."""
     node = node_for(plan, nodes)
     machines = node.num_machines
-    entry = ["-m", "runner.execute", "--run-dir", str(run_dir)]
+    entry = ["-m", "runner.execute", "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     launcher = plan.layout.get("launcher")
     if launcher == "ray":
         return ray_launch(plan, run_dir, node)[-1]
@@ -197,8 +198,9 @@ def resolve_deepspeed_config(name: str) -> Path:
     raise ReproError(f"unknown DeepSpeed config {name!r} (valid: {', '.join(known)}, or a path to a JSON file)")
 
 
-def cpu_launch(num_processes: int, run_dir: Path, deepspeed: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """argv and env for N real CPU processes (gloo).
+def cpu_launch(num_processes: int, run_dir: Path, deepspeed: str | None = None,
+               resume: bool = False) -> tuple[list[str], dict[str, str]]:
+    """argv and env for N real CPU processes (gloo); `resume`: each process continues from the recorded state.
 
     `--cpu` would be the obvious flag, but with it accelerate starts a single process whatever
     --num_processes says; `--multi_gpu` with ACCELERATE_USE_CPU=1 goes through torchrun and starts N.
@@ -212,7 +214,8 @@ def cpu_launch(num_processes: int, run_dir: Path, deepspeed: str | None = None) 
         # DeepSpeed JIT-builds a CPU op on first use (~30-60 s); a stable cache dir makes that once per machine.
         env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "repro" / "torch_extensions"))
     env["PYTHONPATH"] = source_env()["PYTHONPATH"]
-    return argv + ["-m", "runner.execute", "--run-dir", str(run_dir)], env
+    entry = ["-m", "runner.execute", "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    return argv + entry, env
 
 
 def _free_port() -> int:
@@ -285,11 +288,13 @@ def deepspeed_config_for(source: str | Path | dict[str, Any], plan: RunPlan | No
     return config
 
 
-def launch_commands(plan: RunPlan, run_dir: str | Path, nodes: Nodes | None = None) -> list[list[str]]:
-    """Every command this node runs for the plan, in order (Ray: start or join the cluster first)."""
+def launch_commands(plan: RunPlan, run_dir: str | Path, nodes: Nodes | None = None,
+                    resume: bool = False) -> list[list[str]]:
+    """Every command this node runs for the plan, in order (Ray: start or join the cluster first; a Ray
+    launch never resumes, runner.launched.recorded_resume_blocker)."""
     if plan.layout.get("launcher") == "ray":
         return ray_launch(plan, run_dir, node_for(plan, nodes))
-    return [recorded_launch(plan, str(run_dir), nodes)]
+    return [recorded_launch(plan, str(run_dir), nodes, resume)]
 
 
 def describe(plan: RunPlan, nodes: Nodes | None = None) -> dict[str, Any]:

@@ -42,7 +42,9 @@ def run_cmd(
     launcher: str = typer.Option("local", "--launcher",
                                  help="local (recorded profile: its recorded launcher on this node's GPUs) | "
                                       "accelerate (N CPU processes)"),
-    num_processes: int = typer.Option(2, "--num-processes", min=1, help="processes for --launcher accelerate on CPU"),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1,
+                                                help="processes for --launcher accelerate on CPU (default 2; a "
+                                                     "resume: the interrupted run's)"),
     deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed config for --launcher accelerate"),
     ray: bool = typer.Option(False, "--ray", help="RLVR: learner and generation engine as Ray actors (local)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="RLVR: join this Ray cluster."),
@@ -107,6 +109,10 @@ def run_cmd(
         if launcher != "accelerate":
             raise ReproError(f"--deepspeed {deepspeed} needs --launcher accelerate (the local launcher runs one "
                              "process without DeepSpeed)")
+        if resume or resume_run is not None:
+            from runner.launched import DEEPSPEED_NO_RESUME
+
+            raise ReproError(DEEPSPEED_NO_RESUME)
     if output_dir is not None:
         from runner.records import check_output_dir
 
@@ -127,8 +133,11 @@ def run_cmd(
 
             check_nodes(plan, node_spec)
         if resume or resume_run is not None:
-            raise ReproError("--resume continues in-process runs; a launched recorded run saves no resumable "
-                             "state for every rank (ZeRO partitions), so start a new run")
+            from runner.launched import recorded_resume_blocker
+
+            blocker = recorded_resume_blocker(plan, node_spec)  # DeepSpeed, Ray, several nodes
+            if blocker:
+                raise ReproError(blocker)
     if ray or ray_address is not None:
         if stage != "rlvr":
             raise ReproError("--ray and --ray-address apply to the rlvr stage only")
@@ -156,7 +165,19 @@ def run_cmd(
 
     resume_record = None
     if resume or resume_run is not None:
+        from runner.launched import check_launched_resume
+
         resume_record = find_resumable(recipe, stage, profile, resume_run)
+        # A launched run continues on its own process count; a DeepSpeed run does not continue at all.
+        mode = "accelerate" if launcher == "accelerate" else "recorded" if own_launcher else "in-process"
+        num_processes = check_launched_resume(resume_record, mode, num_processes)
+        if own_launcher:  # the interrupted run's layout is what launches: check it, not this command's
+            from runner.launched import recorded_blockers, recorded_resume_blocker
+
+            missing = recorded_blockers(resume_record.plan, node_spec)
+            blocker = recorded_resume_blocker(resume_record.plan, node_spec)
+            if blocker or missing:
+                raise ReproError(blocker or f"run {resume_record.run_id} needs {'; '.join(missing)} to resume")
         plan = resume_record.plan
         plans.limit_updates(plan, max_steps)  # this invocation's --max-steps, not the interrupted one's
         resolved = resume_record.inputs
@@ -170,11 +191,11 @@ def run_cmd(
     if launcher == "accelerate":
         from runner.launched import run_multiprocess
 
-        record = run_multiprocess(plan, resolved, num_processes, deepspeed, output_dir)
+        record = run_multiprocess(plan, resolved, num_processes or 2, deepspeed, output_dir, resume_record)
     elif own_launcher:
         from runner.launched import run_recorded
 
-        record = run_recorded(plan, resolved, node_spec, output_dir)
+        record = run_recorded(plan, resolved, node_spec, output_dir, resume_record)
         if record is None:  # machine rank > 0: rank 0 owns and finishes the record
             done = {"node": machine_rank, "num_machines": num_machines, "status": "finished"}
             if as_json:
