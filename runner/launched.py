@@ -187,7 +187,9 @@ def check_launched_resume(record: RunRecord, mode: str, num_processes: int | Non
     was = launched_with(record)
     recorded = None if was == "in-process" else int(record.plan.hp("num_processes", 1) or 1)
     if was != mode:
-        how = {"in-process": "without --launcher accelerate",
+        alone = "without --launcher accelerate" + (", with --device cpu" if record.plan.extra.get("device") == "cpu"
+                                                    else "")
+        how = {"in-process": alone,
                "accelerate": f"with --launcher accelerate --num-processes {recorded}",
                "recorded": "with the recorded launcher (--profile recorded, --launcher local)"}[was]
         ran = "ran in one process" if recorded is None else f"was launched on {recorded} processes"
