@@ -254,16 +254,15 @@ def register_in_db(session, path: Path, spec: dict[str, Any] = SMOLLM2_135M_INST
 
     Returns the CheckpointRow.
     """
-    from sqlalchemy import select
-
     from registry.db import CheckpointRow
     from registry.hashing import dvc_hash
     from registry.lineage import add_edges
+    from registry.queries import checkpoint_by_name
 
     path = Path(path).resolve()
     digest = dvc_hash(path)
     record = read_record(path) if (path / RECORD_FILE).is_file() else {}
-    row = session.scalar(select(CheckpointRow).where(CheckpointRow.name == spec["name"]))
+    row = checkpoint_by_name(session, spec["name"])
     if row is None:
         row = CheckpointRow(name=spec["name"], kind=spec["kind"])
         session.add(row)
