@@ -77,9 +77,9 @@ def bench(stage: str, steps: int, accumulation: int, threads: int, repeats: int,
         home = tempfile.mkdtemp(prefix="repro-bench-trl-")
         try:
             os.environ["REPRO_HOME"], os.environ["REPRO_RUNS_DIR"] = home, os.path.join(home, "runs")
-            from registry import database
+            from registry import db
 
-            database._engine_for.cache_clear()
+            db._engine_for.cache_clear()
             if stage == "dpo":
                 plan = compare.dpo_plan(folder, accumulation)
                 request = compare.dpo_request(plan, folder, steps=steps, threads=threads)

@@ -76,9 +76,9 @@ def make_files(scratch: Path) -> tuple[list[tuple[str, str]], list[tuple[str, st
 
 def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
     """Fill a fresh database; returns the parent array, targets and the size growth per run."""
-    from registry.database import get_engine, session_scope
-    from registry.db import LineageEdgeRow, RunMetricRow, RunRow, document_digest, insert_documents, node_ids
+    from registry.db import get_engine, session_scope
     from registry.hashing import edge_note
+    from registry.models import LineageEdgeRow, RunMetricRow, RunRow, document_digest, insert_documents, node_ids
     from registry.recipes import load_recipes
     from registry.sync import sync
 
@@ -129,13 +129,13 @@ def build(url: str, n: int, scratch: Path, plans: dict, seed: int = 0) -> dict:
                 edges.append({"parent": f"run:{ids[parents[i]]}", "child": node, "relation": "init", "origin": "run",
                               "content_hash": digest, "note": note})
             metrics += [{"run_seq": i + 1, "position": k, "name": name, "value": value, "step": None,
-                         "kind": "final", "protocol": None}  # rows name their run by runs.seq (registry.db)
+                         "kind": "final", "protocol": None}  # rows name their run by runs.seq (registry.models)
                         for k, (name, value) in enumerate((("train_loss_last", 1.5), ("heldout_loss", 1.7),
                                                            ("heldout_accuracy", 0.4)))]
         with engine.begin() as conn:
             conn.execute(RunRow.__table__.insert(), runs)
             key_ids = node_ids(conn, [e[k] for e in edges for k in ("parent", "child")])
-            for e in edges:  # the edge table holds node ids (registry.db.LineageNodeRow)
+            for e in edges:  # the edge table holds node ids (registry.models.LineageNodeRow)
                 e["parent_id"], e["child_id"] = key_ids[e.pop("parent")], key_ids[e.pop("child")]
             conn.execute(LineageEdgeRow.__table__.insert(), edges)
             conn.execute(RunMetricRow.__table__.insert(), metrics)
@@ -221,7 +221,7 @@ def query_times(url: str, info: dict, reps: int) -> list[tuple[str, int, float, 
     import json as _json
 
     from registry import light_db
-    from registry.database import read_scope
+    from registry.db import read_scope
     from registry.hashing import note_path
     from registry.lineage import hashed_edges_to_verify, lineage_edges, lineage_tree, reachable
     from registry.lineage_tree import Edge, build_tree, reach, verify_subjects
@@ -335,9 +335,9 @@ def fresh_postgres(admin: str) -> tuple[str, callable]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
 
     def drop() -> None:
-        from registry import database
+        from registry import db as registry_db
 
-        database._engine_for.cache_clear()
+        registry_db._engine_for.cache_clear()
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -422,9 +422,9 @@ def main() -> None:
                     print(f"  growth {info['growth']:.0f} B/run: {'MET' if ok_g else 'MISSED'} (≤ 2048)"
                           + (f"; B/run with indexes: {info['per_table']}" if info["per_table"] else ""))
                 finally:
-                    from registry import database
+                    from registry import db as registry_db
 
-                    database._engine_for.cache_clear()
+                    registry_db._engine_for.cache_clear()
                     if drop:
                         drop()
                     shutil.rmtree(scratch, ignore_errors=True)

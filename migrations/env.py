@@ -1,11 +1,11 @@
-"""Alembic environment: the target metadata is registry.db's; SQLite uses batch mode."""
+"""Alembic environment: the target metadata is registry.models's; SQLite uses batch mode."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from registry.db import Base
+from registry.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -253,7 +253,7 @@ def _flat_for(reg: Registry, target: str):
     if ":" in target:
         recipe, stage = reg.parse_target(target)
         return flatten_stage(reg, recipe, stage)
-    from registry.database import read_scope
+    from registry.db import read_scope
     from registry.queries import get_run
 
     with read_scope() as session:
@@ -313,7 +313,7 @@ def audit_cmd(recipe: str, as_json: bool = JsonOpt):
 def indexed_session(reg: Registry) -> Iterator[Any]:
     """A read-only session on a database that indexes this recipes.json. It writes only when the index
     is stale (recipes.json changed or the database is new); on a read-only database that is one line."""
-    from registry.database import database_url, is_read_only_error, read_scope, safe_url, session_scope
+    from registry.db import database_url, is_read_only_error, read_scope, safe_url, session_scope
     from registry.sync import is_current, sync
 
     with read_scope() as session:
@@ -399,7 +399,7 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
     if rows is None:
         import socket
 
-        from registry.database import read_scope, sqlite_file_missing
+        from registry.db import read_scope, sqlite_file_missing
         from registry.queries import list_runs
 
         if sqlite_file_missing():  # no database yet: no runs, and nothing to create
@@ -439,7 +439,7 @@ def runs_cmd(recipe: Optional[str] = typer.Option(None, "--recipe"), as_json: bo
 @db_app.command("upgrade")
 def db_upgrade_cmd():
     """Bring the database schema to the current revision."""
-    from registry.database import database_url, make_engine, safe_url, upgrade
+    from registry.db import database_url, make_engine, safe_url, upgrade
 
     url = database_url()
     before, after = upgrade(make_engine(url))
@@ -451,7 +451,7 @@ def db_gc_cmd(as_json: bool = JsonOpt):
     """Record runs whose process died (no pid, or no heartbeat for 10 minutes) as interrupted."""
     import socket
 
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.queries import mark_stale_runs
     from registry.run_status import pid_alive
 
@@ -467,7 +467,7 @@ def db_gc_cmd(as_json: bool = JsonOpt):
 @db_app.command("sync")
 def db_sync_cmd(as_json: bool = JsonOpt):
     """Index recipes.json into the database (idempotent; prints what changed)."""
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.sync import sync
 
     with session_scope() as session:

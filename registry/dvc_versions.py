@@ -15,8 +15,8 @@ from typing import Mapping
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from registry.db import DatasetRow, DatasetVersionRow
 from registry.hashing import dvc_hash
+from registry.models import DatasetRow, DatasetVersionRow
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,9 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from registry.db import NODES, LineageEdgeRow, node_ids
 from registry.errors import ReproError
 from registry.lineage_tree import Edge, LineageNode, build_tree, reach, verify_subjects
+from registry.models import NODES, LineageEdgeRow, node_ids
 
 EDGES = LineageEdgeRow.__table__
 # The edges of an answer are read with their two node keys (two primary-key lookups each).

@@ -9,9 +9,17 @@ from typing import Any, Callable
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from registry.db import CheckpointRow, LineageEdgeRow, PublishedMetricRow, RunMetricRow, RunRow, RunSeriesRow, utcnow
 from registry.errors import ReproError
 from registry.lineage import LineageNode, add_edges, lineage_edges, lineage_tree, node_exists, reachable
+from registry.models import (
+    CheckpointRow,
+    LineageEdgeRow,
+    PublishedMetricRow,
+    RunMetricRow,
+    RunRow,
+    RunSeriesRow,
+    utcnow,
+)
 from registry.run_status import STALE_AFTER, as_utc, stale_reason
 
 __all__ = ["STALE_AFTER", "LineageNode", "add_edges", "as_utc", "lineage_edges", "lineage_tree", "node_exists",

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from registry.db import (
+from registry.models import (
     CheckpointRow,
     DatasetRow,
     DatasetVersionRow,

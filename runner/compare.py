@@ -414,7 +414,7 @@ def latest_metrics(session, run_id: str) -> list[dict[str, Any]]:
     from registry.queries import run_metrics
 
     latest: dict[str, dict[str, Any]] = {}
-    for row in run_metrics(session, run_id, kind="eval"):  # ordered by id: a later row replaces an earlier one
+    for row in run_metrics(session, run_id, kind="eval"):  # in written order: a later row replaces an earlier one
         latest[row.name] = {"name": row.name, "value": row.value, "protocol": row.protocol or {}, "kind": "eval"}
     for row in run_metrics(session, run_id, kind="final"):
         if row.name not in latest:
@@ -426,7 +426,7 @@ def latest_metrics(session, run_id: str) -> list[dict[str, Any]]:
 def comparison_document(run_ref: str, against: str | None = None) -> dict[str, Any]:
     """Everything `repro compare` prints, for one run (plus "comparisons", the Comparison objects the
     scorecard draws)."""
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.queries import get_run
     from registry.recipes import load_recipes
 

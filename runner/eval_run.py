@@ -49,7 +49,7 @@ def _run_checkpoint(run) -> Path:
 
 
 def resolve_target(session, target: str) -> Target:
-    from registry.db import RunRow
+    from registry.models import RunRow
     from registry.queries import checkpoint_by_name, get_run
     from runner.evaluate import check_model_dir
 
@@ -111,7 +111,7 @@ def evaluate_target(target: str, suite: str, *, data: str | None = None, referen
                     limit: int | None = None) -> dict[str, Any]:
     """Run one suite (runner/evaluate.py) on a target and record it; returns the `repro eval --json`
     document. The per-example details go to RUN_DIR/eval-SUITE.json."""
-    from registry.database import session_scope
+    from registry.db import session_scope
     from runner.evaluate import run_suite
 
     with session_scope() as session:
@@ -140,7 +140,7 @@ def evaluate_published(target: str, tasks: str | None = None, limit: int | None 
                        threads: int | None = None) -> dict[str, Any]:
     """`--suite published`: run the family's published protocols on a target and record every metric;
     returns the `repro eval --json` document. Progress goes to stderr."""
-    from registry.database import session_scope
+    from registry.db import session_scope
     from runner.evaltasks.run import pick_tasks, published_family, run_published
 
     pick_tasks(None, tasks)  # bad task names fail here, before anything is fetched or written

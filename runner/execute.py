@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from registry.database import session_scope
+from registry.db import session_scope
 from registry.errors import ReproError, RunFailed
 from registry.hashing import dvc_hash
 from registry.queries import get_run, latest_succeeded_run

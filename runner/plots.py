@@ -113,7 +113,7 @@ def schedule_cmd(recipe: str, stage: str = typer.Option(..., "--stage", "-s"),
 def curves_cmd(run: str, output: Optional[Path] = typer.Option(None, "--output", "-o"),
                keys: list[str] = typer.Option([], "--key", help="metric to plot (repeatable)")):
     """A run's per-step curves (loss, lr, rewards, ...)."""
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.queries import get_run
 
     with session_scope() as session:

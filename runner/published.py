@@ -254,9 +254,9 @@ def register_in_db(session, path: Path, spec: dict[str, Any] = SMOLLM2_135M_INST
 
     Returns the CheckpointRow.
     """
-    from registry.db import CheckpointRow
     from registry.hashing import dvc_hash
     from registry.lineage import add_edges
+    from registry.models import CheckpointRow
     from registry.queries import checkpoint_by_name
 
     path = Path(path).resolve()

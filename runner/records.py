@@ -24,10 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.database import session_scope
-from registry.db import RunRow, utcnow
+from registry.db import session_scope
 from registry.errors import ReproError, RunFailed
 from registry.hashing import dvc_hash
+from registry.models import RunRow, utcnow
 from registry.queries import (
     add_edges,
     add_run,

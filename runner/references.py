@@ -53,7 +53,7 @@ def reference_document(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any
 
 def update() -> dict[str, Any]:
     from registry.cli import registry
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.queries import latest_succeeded_run
     from runner.compare import smoke_references_path
 

@@ -27,11 +27,11 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("REPRO_DATABASE_URL", raising=False)
     monkeypatch.delenv("REPRO_RECIPES", raising=False)
-    from registry import database
+    from registry import db
 
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     yield home
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
 
 
 def _postgres_admin_url() -> str | None:

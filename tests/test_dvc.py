@@ -230,10 +230,10 @@ def test_dvc_yaml_rejects_unknown_recipe_or_stage(tmp_path: Path) -> None:
 def test_record_fixture_versions_is_idempotent(tmp_path: Path, db_url: str) -> None:
     from sqlalchemy import select
 
-    from registry.database import session_scope
-    from registry.db import DatasetRow, DatasetVersionRow
+    from registry.db import session_scope
     from registry.dvc_versions import record_fixture_versions
     from registry.hashing import dvc_hash
+    from registry.models import DatasetRow, DatasetVersionRow
     from registry.recipes import load_recipes
     from registry.sync import sync
     from runner.smoke import fixture_paths

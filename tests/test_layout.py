@@ -152,8 +152,8 @@ def test_write_scan_sees_each_kind_of_write(tmp_path) -> None:
     probe.write_text(
         "from registry.queries import add_run_metrics\n"
         "def cmd(run_id):\n"
-        "    from registry.database import session_scope\n"
-        "    from registry.db import RunRow\n"
+        "    from registry.db import session_scope\n"
+        "    from registry.models import RunRow\n"
         "    from sqlalchemy import delete\n"
         "    with session_scope() as session:\n"
         "        session.add(RunRow(id=run_id))\n"

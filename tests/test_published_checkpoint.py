@@ -183,9 +183,9 @@ def test_conversion_is_deterministic(folder, tmp_path):
 def test_register_in_db_records_checkpoint_and_lineage(folder, db_url):
     from sqlalchemy import func, select
 
-    from registry.database import session_scope
-    from registry.db import CheckpointRow, LineageEdgeRow
+    from registry.db import session_scope
     from registry.hashing import dvc_hash, verify_edges
+    from registry.models import CheckpointRow, LineageEdgeRow
     from registry.queries import reachable
 
     with session_scope(db_url) as session:
@@ -238,8 +238,8 @@ def test_cache_root_honours_repro_cache(tmp_path, monkeypatch):
 def test_registered_copy_survives_a_resync(tmp_path, db_url):
     from sqlalchemy import delete, select
 
-    from registry.database import session_scope
-    from registry.db import CheckpointRow, SyncState
+    from registry.db import session_scope
+    from registry.models import CheckpointRow, SyncState
     from registry.recipes import load_recipes
     from registry.sync import sync
 

@@ -32,7 +32,7 @@ def test_generation_path_answers(folder):
 
 
 def test_eval_suites_run_on_the_registered_checkpoint(folder, cli):
-    from registry.database import session_scope
+    from registry.db import session_scope
 
     with session_scope() as session:
         published.register_in_db(session, folder)

@@ -10,7 +10,7 @@ query them one by one. A train row that carries a protocol is not a plain series
 
 Each run stored its plan (~4.5 KB of JSON, deviations included) and its deviations (~1.5 KB again),
 though every run of one recipe stage with the same settings has the same ones. They become
-run_documents rows keyed by the sha256 of their canonical JSON (registry.db.document_digest), and
+run_documents rows keyed by the sha256 of their canonical JSON (registry.models.document_digest), and
 runs keep the two digests.
 
 Indexes: runs (created_at, id) and (recipe, created_at, id) for newest-first pages, runs (status)
@@ -57,7 +57,7 @@ runs_before = sa.Table("runs", sa.MetaData(), sa.Column("id", sa.String(64), pri
 
 
 def digest(body) -> str:
-    """registry.db.document_digest, frozen here as this revision wrote it."""
+    """registry.models.document_digest, frozen here as this revision wrote it."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

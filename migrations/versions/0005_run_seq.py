@@ -22,7 +22,7 @@ The downgrade gives back ids in that order and created_at from the run (finished
 
 runs.seq is nullable only because SQLite cannot add a NOT NULL column to a table that others refer
 to without rebuilding it (a rebuild would cascade-delete their rows); every writer sets it (the
-ORM in registry.db, PostgreSQL's default from runs_seq_seq for other inserts).
+ORM in registry.models, PostgreSQL's default from runs_seq_seq for other inserts).
 
 Revision ID: 0005_run_seq
 Revises: 0004_lineage_nodes

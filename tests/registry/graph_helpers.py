@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
-from registry.db import LineageEdgeRow, RunRow
 from registry.lineage import LineageNode
+from registry.models import LineageEdgeRow, RunRow
 from registry.queries import add_edges, add_run
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)

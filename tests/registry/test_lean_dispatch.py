@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from registry.database import session_scope
+from registry.db import session_scope
 from registry.queries import add_edges
 from registry.recipes import content_hash, load_recipes
 from registry.sync import sync

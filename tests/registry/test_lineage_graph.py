@@ -9,10 +9,10 @@ import shutil
 import pytest
 from sqlalchemy import func, select
 
-from registry.database import session_scope
-from registry.db import LineageEdgeRow
+from registry.db import session_scope
 from registry.errors import ReproError
 from registry.lineage import lineage_tree, reachable
+from registry.models import LineageEdgeRow
 from registry.queries import add_edges
 from registry.recipes import load_recipes
 from registry.sync import sync
@@ -222,7 +222,7 @@ def test_one_writer_keeps_or_replaces_an_edge_and_stores_each_node_once(db_url):
     """add_edges is the one edge writer (run records, evaluations, converted checkpoints): an edge
     already there is kept, or with replace= given the new hash and path; a node's key is stored once
     however many edges use it, and the ORM spelling (LineageEdgeRow(parent=KEY)) shares the nodes."""
-    from registry.db import LineageNodeRow
+    from registry.models import LineageNodeRow
 
     with session_scope(db_url) as s:
         add_edges(s, [("checkpoint:base", "checkpoint:base@q4", "quantized-copy", "h-old", None)],

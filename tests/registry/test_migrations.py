@@ -8,22 +8,22 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from registry import database
-from registry.db import SCHEMA_REVISION, Base
+from registry import db
 from registry.errors import ReproError
+from registry.models import SCHEMA_REVISION, Base
 
 
 def test_code_revision_is_the_migrations_head():
-    script = ScriptDirectory(str(database.MIGRATIONS_DIR))
+    script = ScriptDirectory(str(db.MIGRATIONS_DIR))
     assert script.get_heads() == [SCHEMA_REVISION]
-    assert database.KNOWN_REVISIONS[-1] == SCHEMA_REVISION
+    assert db.KNOWN_REVISIONS[-1] == SCHEMA_REVISION
     chain = [rev.revision for rev in script.walk_revisions()][::-1]
-    assert tuple(chain) == database.KNOWN_REVISIONS
+    assert tuple(chain) == db.KNOWN_REVISIONS
 
 
 def test_migrations_build_exactly_the_models(db_url):
-    engine = database.get_engine(db_url)  # a new database is created through the migrations
-    assert database.current_revision(engine) == SCHEMA_REVISION
+    engine = db.get_engine(db_url)  # a new database is created through the migrations
+    assert db.current_revision(engine) == SCHEMA_REVISION
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -32,27 +32,27 @@ def test_migrations_build_exactly_the_models(db_url):
 def _downgrade_to(engine, revision):
     from alembic import command
 
-    database.run_migrations(engine, command.downgrade, revision)
+    db.run_migrations(engine, command.downgrade, revision)
 
 
 def test_older_schema_is_refused_until_upgrade(db_url, cli):
-    engine = database.get_engine(db_url)
+    engine = db.get_engine(db_url)
     _downgrade_to(engine, "0001_initial")
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     with pytest.raises(ReproError, match=r"older than .*run `repro db upgrade`"):
-        database.get_engine(db_url)
+        db.get_engine(db_url)
     code, out, err = cli("db", "upgrade")
     assert code == 0, err
     assert f"0001_initial -> {SCHEMA_REVISION}" in out
-    database._engine_for.cache_clear()
-    assert database.current_revision(database.get_engine(db_url)) == SCHEMA_REVISION
+    db._engine_for.cache_clear()
+    assert db.current_revision(db.get_engine(db_url)) == SCHEMA_REVISION
 
 
 def test_newer_schema_is_refused(db_url, cli):
-    engine = database.get_engine(db_url)
+    engine = db.get_engine(db_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     code, out, err = cli("runs", "--json")
     assert code == 2
     assert "newer than this repro" in err and err.count("\n") == 1
@@ -84,13 +84,13 @@ def test_upgrade_moves_text_keyed_edges_to_node_ids_and_back(db_url, cli):
     kept with its id, relation, origin, hash and note; the downgrade writes the keys back."""
     from sqlalchemy import select
 
-    from registry.database import session_scope
-    from registry.db import LineageEdgeRow, LineageNodeRow
+    from registry.db import session_scope
     from registry.lineage import lineage_tree
+    from registry.models import LineageEdgeRow, LineageNodeRow
     from registry.recipes import load_recipes
     from registry.sync import sync
 
-    engine = database.get_engine(db_url)
+    engine = db.get_engine(db_url)
     with session_scope(db_url) as s:
         sync(s, load_recipes())  # the recipes' own edges, written before the change as now
     _downgrade_to(engine, "0003_step_series")
@@ -111,10 +111,10 @@ def test_upgrade_moves_text_keyed_edges_to_node_ids_and_back(db_url, cli):
                      [dict(zip("pcrohn", row)) for row in old_style])
         before = _edge_rows(conn)
     assert [r[1:] for r in before[-len(old_style):]] == old_style
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     code, _, err = cli("db", "upgrade")
     assert code == 0, err
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     with session_scope(db_url) as s:
         after = [(e.id, e.parent, e.child, e.relation, e.origin, e.content_hash, e.note)
                  for e in s.scalars(select(LineageEdgeRow).order_by(LineageEdgeRow.id))]
@@ -126,8 +126,8 @@ def test_upgrade_moves_text_keyed_edges_to_node_ids_and_back(db_url, cli):
     assert keys == distinct  # each key once, numbered in the order the edges first used it
     assert {c["node"] for c in tree["children"]} == {"run:run-a", "stage:tulu3-8b:dpo"}
     assert cycle == {"node": "run:cyc-1", "children": [{"node": "run:cyc-2", "relation": "init"}]}
-    _downgrade_to(database.get_engine(db_url), "0003_step_series")
-    with database.get_engine(db_url).connect() as conn:
+    _downgrade_to(db.get_engine(db_url), "0003_step_series")
+    with db.get_engine(db_url).connect() as conn:
         assert _edge_rows(conn) == before
 
 
@@ -145,13 +145,13 @@ def test_upgrade_numbers_runs_and_keys_metrics_by_them_and_back(db_url, cli):
 
     from sqlalchemy import select
 
-    from registry.database import session_scope
-    from registry.db import RunMetricRow, RunRow
+    from registry.db import session_scope
+    from registry.models import RunMetricRow, RunRow
     from registry.queries import add_run_metrics, replace_eval_metrics, run_metrics
     from runner.compare import latest_metrics
     from tests.registry.graph_helpers import record_run
 
-    engine = database.get_engine(db_url)
+    engine = db.get_engine(db_url)
     with session_scope(db_url) as s:  # created out of id order, and out of insertion order
         record_run(s, "run-b", minutes=2)
         record_run(s, "run-a", minutes=5)
@@ -173,11 +173,11 @@ def test_upgrade_numbers_runs_and_keys_metrics_by_them_and_back(db_url, cli):
                      [{"r": r, "n": n, "v": v, "s": st, "k": k, "p": None if p is None else _json.dumps(p), "t": when}
                       for r, n, v, st, k, p in old_style])
         before = _old_metric_rows(conn)
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     code, out, err = cli("db", "upgrade")
     assert code == 0, err
     assert f"0004_lineage_nodes -> {SCHEMA_REVISION}" in out
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
 
     def as_old(rows) -> list[tuple]:
         return [(r.run_id, r.name, r.value, r.step, r.kind, r.protocol) for r in rows]
@@ -216,8 +216,8 @@ def test_upgrade_numbers_runs_and_keys_metrics_by_them_and_back(db_url, cli):
                                      {"name": "ifeval", "value": 0.5, "kind": "eval",
                                       "protocol": {"harness": "repro", "shots": 0}}])
 
-    _downgrade_to(database.get_engine(db_url), "0004_lineage_nodes")
-    with database.get_engine(db_url).connect() as conn:
+    _downgrade_to(db.get_engine(db_url), "0004_lineage_nodes")
+    with db.get_engine(db_url).connect() as conn:
         back = _old_metric_rows(conn)
         run_cols = [r[0] for r in conn.execute(text("SELECT * FROM runs")).cursor.description]
     assert "seq" not in run_cols

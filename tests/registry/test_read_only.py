@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from registry.database import session_scope
+from registry.db import session_scope
 from registry.recipes import load_recipes
 from registry.sync import sync
 from tests.registry.graph_helpers import record_run
@@ -44,10 +44,10 @@ def _populate(url: str) -> None:
 def _close_writers(url: str) -> None:
     """Close the writer's pooled connections now (SQLite folds its WAL into the file when the last one
     closes), so that a later garbage collection cannot change the file during the test."""
-    from registry import database
+    from registry import db as registry_db
 
-    database.get_engine(url).dispose()
-    database._engine_for.cache_clear()
+    registry_db.get_engine(url).dispose()
+    registry_db._engine_for.cache_clear()
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -77,7 +77,7 @@ def test_sqlite_read_commands_leave_a_read_only_file_untouched(cli, tmp_path, mo
         home.chmod(0o755)
         db.chmod(0o644)
     with session_scope(url) as s:  # the sweep is `repro db gc`'s
-        from registry.db import RunRow
+        from registry.models import RunRow
 
         assert s.get(RunRow, "dead-1").status == "running"
     code, out, err = cli("db", "gc", "--json")
@@ -154,9 +154,9 @@ def test_postgres_read_commands_as_a_select_only_role(cli, monkeypatch):
         conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
     engine.dispose()
     monkeypatch.setenv("REPRO_DATABASE_URL", make_url(url).set(username=role).render_as_string(hide_password=False))
-    from registry import database
+    from registry import db as registry_db
 
-    database._engine_for.cache_clear()
+    registry_db._engine_for.cache_clear()
     for argv in READS:
         code, out, err = cli(*argv)
         assert code == 0, (argv, err)

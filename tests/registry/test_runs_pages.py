@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from registry.database import session_scope
+from registry.db import session_scope
 from tests.registry.graph_helpers import record_run
 
 # (id, recipe, minutes after T0): two runs share a timestamp, so order falls back to the id.

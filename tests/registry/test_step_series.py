@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String, column, insert, select, table, text
 
-from registry import database
-from registry.database import session_scope
-from registry.db import SCHEMA_REVISION, RunMetricRow, RunRow, RunSeriesRow
+from registry import db
+from registry.db import session_scope
+from registry.models import SCHEMA_REVISION, RunMetricRow, RunRow, RunSeriesRow
 from registry.queries import replace_run_series, run_metrics, run_series, step_series
 from tests.registry.graph_helpers import record_run
 
@@ -25,7 +25,7 @@ OLD_METRICS = table("run_metrics", column("id", Integer), column("run_id", Strin
 def _alembic(engine, action: str, revision: str) -> None:
     from alembic import command
 
-    database.run_migrations(engine, getattr(command, action), revision)
+    db.run_migrations(engine, getattr(command, action), revision)
 
 
 def _old_style_rows() -> list[dict]:
@@ -59,7 +59,7 @@ def _same(a: float, b: float) -> bool:
 
 
 def test_upgrade_moves_old_rows_into_series_and_downgrade_restores_them(db_url, cli):
-    engine = database.get_engine(db_url)
+    engine = db.get_engine(db_url)
     with session_scope(db_url) as s:
         record_run(s, "run-a")
         record_run(s, "run-b", minutes=1)
@@ -67,12 +67,12 @@ def test_upgrade_moves_old_rows_into_series_and_downgrade_restores_them(db_url, 
     old = _old_style_rows()
     with engine.begin() as conn:
         conn.execute(insert(OLD_METRICS), old)
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
 
     code, out, err = cli("db", "upgrade")
     assert code == 0, err
     assert f"{OLD_REVISION} -> {SCHEMA_REVISION}" in out
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     plain = [r for r in old if r["kind"] == "train" and r["step"] is not None and r["protocol"] is None]
     kept = [r for r in old if r not in plain]
     with session_scope(db_url) as s:
@@ -88,7 +88,7 @@ def test_upgrade_moves_old_rows_into_series_and_downgrade_restores_them(db_url, 
         assert [r.name for r in run_metrics(s, "run-b", kind="eval")] == ["ifeval"]
         assert sum(r.points for r in series.values()) + len(rows) == len(old)
 
-    _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
+    _alembic(db.get_engine(db_url), "downgrade", OLD_REVISION)
     with engine.connect() as conn:
         back = [dict(r._mapping) for r in conn.execute(select(OLD_METRICS).order_by(text("id")))]
     assert len(back) == len(old)
@@ -116,9 +116,9 @@ def test_series_rows_replace_rather_than_duplicate(db_url):
 
 
 def test_upgrade_moves_plans_into_shared_documents_and_back(db_url, cli):
-    from registry.db import RunDocumentRow
+    from registry.models import RunDocumentRow
 
-    engine = database.get_engine(db_url)
+    engine = db.get_engine(db_url)
     shared = {"recipe": "tulu3-8b", "stage": "sft", "hyperparameters": {"learning_rate": 5e-6}}
     with session_scope(db_url) as s:
         for i in range(3):
@@ -130,10 +130,10 @@ def test_upgrade_moves_plans_into_shared_documents_and_back(db_url, cli):
                          {"p": json.dumps(shared if i < 2 else {"other": i}),
                           "d": json.dumps([{"key": "epochs", "recorded": 2, "used": 1}] if i else []),
                           "id": f"run-{i}"})
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     code, _, err = cli("db", "upgrade")
     assert code == 0, err
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     with session_scope(db_url) as s:
         runs = {r.id: r for r in s.scalars(select(RunRow))}
         assert runs["run-0"].plan == runs["run-1"].plan == shared and runs["run-2"].plan == {"other": 2}
@@ -142,7 +142,7 @@ def test_upgrade_moves_plans_into_shared_documents_and_back(db_url, cli):
     with session_scope(db_url) as s:
         detached = s.get(RunRow, "run-1")
     assert detached.plan == shared  # loaded with the run: readable after the session closed
-    _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
+    _alembic(db.get_engine(db_url), "downgrade", OLD_REVISION)
     with engine.connect() as conn:
         back = {r.id: r for r in conn.execute(text("SELECT id, plan, deviations FROM runs"))}
     def parsed(value):
@@ -158,8 +158,8 @@ def test_after_an_upgrade_the_cold_read_path_answers(db_url, cli):
 
     code, _, err = cli("lineage", "tulu3-8b:sft", "--json")  # creates and syncs the database
     assert code == 0, err
-    _alembic(database.get_engine(db_url), "downgrade", OLD_REVISION)
-    database._engine_for.cache_clear()
+    _alembic(db.get_engine(db_url), "downgrade", OLD_REVISION)
+    db._engine_for.cache_clear()
     assert light_db.lineage_walk(load_recipes(), "tulu3-8b:sft", False, False) is None  # an older schema
     code, _, err = cli("db", "upgrade")
     assert code == 0, err

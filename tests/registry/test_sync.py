@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from registry import database
-from registry.db import LineageEdgeRow, PublishedMetricRow, RecipeRow, RunMetricRow, RunRow, StageRow
+from registry import db
+from registry.models import LineageEdgeRow, PublishedMetricRow, RecipeRow, RunMetricRow, RunRow, StageRow
 from registry.recipes import canonical_text, load_recipes
 from registry.sync import sync
 
@@ -28,9 +28,9 @@ def _copy_recipes(tmp_path, monkeypatch) -> Path:
 
 def test_sync_is_idempotent_and_complete(db_url):
     reg = load_recipes(ROOT / "recipes.json")
-    with database.session_scope(db_url) as s:
+    with db.session_scope(db_url) as s:
         first = sync(s, reg)
-    with database.session_scope(db_url) as s:
+    with db.session_scope(db_url) as s:
         assert sync(s, reg) == []
         assert s.scalar(select(func.count()).select_from(RecipeRow)) == len(reg.recipes)
         assert s.scalar(select(func.count()).select_from(StageRow)) == sum(len(r.stages) for r in reg.recipes.values())
@@ -41,14 +41,14 @@ def test_sync_is_idempotent_and_complete(db_url):
 
 def test_editing_one_value_changes_exactly_that(db_url, tmp_path, monkeypatch):
     path = _copy_recipes(tmp_path, monkeypatch)
-    with database.session_scope(db_url) as s:
+    with db.session_scope(db_url) as s:
         sync(s, load_recipes(path))
         before = {(r.recipe.name, r.name): r.content_hash for r in s.scalars(select(StageRow))}
     data = json.loads(path.read_text())
     sft = next(st for st in data["recipes"]["tulu3-8b"]["stages"] if st["name"] == "sft")
     sft["hyperparameters"]["learning_rate"]["value"] = 7e-6
     path.write_text(canonical_text(data))
-    with database.session_scope(db_url) as s:
+    with db.session_scope(db_url) as s:
         changes = sync(s, load_recipes(path))
         after = {(r.recipe.name, r.name): r.content_hash for r in s.scalars(select(StageRow))}
         row = s.scalar(select(StageRow).join(RecipeRow).where(RecipeRow.name == "tulu3-8b", StageRow.name == "sft"))
@@ -58,7 +58,7 @@ def test_editing_one_value_changes_exactly_that(db_url, tmp_path, monkeypatch):
 
 
 def test_sync_builds_recipe_lineage(db_url):
-    with database.session_scope(db_url) as s:
+    with db.session_scope(db_url) as s:
         sync(s, load_recipes(ROOT / "recipes.json"))
         parents = set(s.scalars(select(LineageEdgeRow.parent).where(
             LineageEdgeRow.child == "stage:tulu3-70b:rlvr")))
@@ -67,13 +67,13 @@ def test_sync_builds_recipe_lineage(db_url):
 
 def _worker(url: str, recipes: str, worker: int, runs: int, queue) -> None:
     os.environ["REPRO_DATABASE_URL"] = url
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     try:
         reg = load_recipes(recipes)
         for i in range(runs):
-            with database.session_scope(url) as s:
+            with db.session_scope(url) as s:
                 sync(s, reg)
-            with database.session_scope(url) as s:
+            with db.session_scope(url) as s:
                 run_id = f"w{worker}-{i}-{uuid.uuid4().hex[:6]}"
                 s.add(RunRow(id=run_id, recipe="tulu3-8b", stage="sft", profile="smoke", status="succeeded",
                              run_dir="/tmp/x", plan={}, deviations=[], final_metrics={}))
@@ -85,7 +85,7 @@ def _worker(url: str, recipes: str, worker: int, runs: int, queue) -> None:
 
 
 def test_eight_processes_sync_and_record_at_once(db_url):
-    database.get_engine(db_url)  # create the schema first, as `repro db upgrade` would
+    db.get_engine(db_url)  # create the schema first, as `repro db upgrade` would
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     runs_each = 4
@@ -97,7 +97,7 @@ def test_eight_processes_sync_and_record_at_once(db_url):
     for p in procs:
         p.join(timeout=60)
     assert [r for r in results if r[0] != "ok"] == []
-    with database.session_scope(db_url) as s:
+    with db.session_scope(db_url) as s:
         assert s.scalar(select(func.count()).select_from(RunRow)) == 8 * runs_each
         assert s.scalar(select(func.count()).select_from(RunMetricRow)) == 8 * runs_each
         assert s.scalar(select(func.count()).select_from(RecipeRow)) == 6

@@ -44,9 +44,9 @@ def smoke_runs(smoke_home):
     mp.setenv("REPRO_HOME", str(smoke_home))
     mp.setenv("REPRO_RUNS_DIR", str(smoke_home / "runs"))
     mp.delenv("REPRO_DATABASE_URL", raising=False)
-    from registry import database
+    from registry import db
 
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     records = {}
     try:
         for recipe, stages in CHAINS.items():
@@ -58,7 +58,7 @@ def smoke_runs(smoke_home):
                 records[(recipe, stage)] = json.loads((run_dir / "run.json").read_text()) | {"run_dir": str(run_dir)}
     finally:
         mp.undo()
-        database._engine_for.cache_clear()
+        db._engine_for.cache_clear()
     return records
 
 
@@ -67,7 +67,7 @@ def in_smoke_home(smoke_runs, smoke_home, monkeypatch):
     """Point this test at the session's smoke database and runs."""
     monkeypatch.setenv("REPRO_HOME", str(smoke_home))
     monkeypatch.setenv("REPRO_RUNS_DIR", str(smoke_home / "runs"))
-    from registry import database
+    from registry import db
 
-    database._engine_for.cache_clear()
+    db._engine_for.cache_clear()
     return smoke_runs

@@ -32,8 +32,8 @@ def _run(cli, *args: str) -> dict:
 
 
 def _edges(run_id: str) -> list[tuple[str, str]]:
-    from registry.database import session_scope
-    from registry.db import LineageEdgeRow
+    from registry.db import session_scope
+    from registry.models import LineageEdgeRow
 
     with session_scope() as session:
         return [(e.parent, e.relation) for e in session.query(LineageEdgeRow).filter_by(child=f"run:{run_id}")]

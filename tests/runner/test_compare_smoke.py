@@ -55,7 +55,7 @@ def test_compare_an_unknown_run_is_refused(in_smoke_home):
 def test_references_evaluate_a_run_without_the_cli(in_smoke_home):
     # runner.references calls the evaluation directly; what it would write for a stage has the same metric
     # names as the registry's references for that stage, and the metrics land on the run.
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.queries import run_metrics
     from runner.compare import load_smoke_references
     from runner.references import evaluate_run, reference_document

@@ -199,8 +199,8 @@ def run_cli(cli, db_url):
 
 
 def _make_run(tmp_path, models, run_id="tulu3-8b-rlvr-test-0001", profile="smoke", with_checkpoint=True):
-    from registry.database import session_scope
-    from registry.db import RunRow
+    from registry.db import session_scope
+    from registry.models import RunRow
     from registry.queries import add_run
 
     run_dir = tmp_path / "runs" / run_id
@@ -216,8 +216,8 @@ def _make_run(tmp_path, models, run_id="tulu3-8b-rlvr-test-0001", profile="smoke
 
 
 def test_cli_eval_a_path_creates_an_eval_run(run_cli, models):
-    from registry.database import session_scope
-    from registry.db import LineageEdgeRow, RunRow
+    from registry.db import session_scope
+    from registry.models import LineageEdgeRow, RunRow
     from registry.queries import run_metrics
 
     code, out, err = run_cli("eval", str(models["policy"]), "--suite", "gsm8k", "--max-new-tokens", "4",
@@ -248,7 +248,7 @@ def test_cli_eval_non_model_path_is_one_line_exit_2(run_cli, tmp_path):
 
 
 def test_cli_eval_run_target_replaces_metrics_and_compare(run_cli, models, tmp_path, monkeypatch):
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.queries import run_input_hashes, run_metrics
 
     run_id = _make_run(tmp_path, models)

@@ -156,7 +156,7 @@ def test_gpus_goes_through_the_planner_and_keeps_the_effective_batch(cli):
 def test_two_node_launch_rank_0_owns_the_record(cli, tmp_path, monkeypatch):
     """Two `repro`-side launches on this machine as machine ranks 0 and 1 (torchrun's static rendezvous over
     127.0.0.1, gloo): both train, only rank 0 has a database row, run.json with steps, and the checkpoint."""
-    from registry.database import session_scope
+    from registry.db import session_scope
     from registry.queries import get_run
     from registry.recipes import load_recipes
     from runner.execute import resolve_inputs
