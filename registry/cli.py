@@ -382,7 +382,7 @@ def lineage_cmd(target: str, downstream: bool = typer.Option(False, "--downstrea
 
 def _verify_hashes(session, node: str, upstream_edges=None) -> list[dict[str, str]]:
     """Re-hash every file-backed input/output recorded with a content hash under `node`'s runs."""
-    from registry.hashing import verify_edges
+    from registry.lineage import verify_edges
 
     return verify_edges(session, node, upstream_edges)
 

@@ -12,10 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
-
-if TYPE_CHECKING:  # the cold read path verifies without SQLAlchemy
-    from sqlalchemy.orm import Session
+from typing import Any, Iterable
 
 
 def file_md5(path: Path) -> str:
@@ -77,16 +74,6 @@ def note_path(note: str | None) -> Path | None:
         if relative.exists() or hint is None or not hint.exists():
             return relative
     return hint
-
-
-def verify_edges(session: "Session", node: str, upstream_edges: list | None = None) -> list[dict[str, Any]]:
-    """Re-hash the files behind every hashed edge upstream of `node` (and its upstream runs' outputs).
-
-    The edges come from the same recursive walk as `repro lineage`, and each file is hashed once, so
-    the cost is the hashing of the answer, not a scan of the database."""
-    from registry.lineage import hashed_edges_to_verify
-
-    return verify_files(hashed_edges_to_verify(session, node, upstream_edges))
 
 
 def verify_files(subject_edges: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:

@@ -240,3 +240,13 @@ def _downstream_ids(session: Session, node: int) -> set[int]:
         return set()  # a new node (a run being recorded) has no descendants: no walk needed
     walk = _walk(downstream=True, max_depth=None, root=cast(bindparam("node", type_=Integer), Integer))
     return set(session.scalars(select(walk.c.node), {"node": node}))
+
+
+def verify_edges(session: Session, node: str, upstream_edges: list | None = None) -> list[dict[str, Any]]:
+    """Re-hash the files behind every hashed edge upstream of `node` (and its upstream runs' outputs).
+
+    The edges come from the same recursive walk as `repro lineage`, and each file is hashed once, so
+    the cost is the hashing of the answer, not a scan of the database."""
+    from registry.hashing import verify_files
+
+    return verify_files(hashed_edges_to_verify(session, node, upstream_edges))

@@ -251,22 +251,22 @@ def attention_implementation(device: str) -> str:
 
 
 def recorded_load(cls: Any, source: str | Path, plan: Any, tokenizer: Any = None, revision: str | None = None,
-                  **kwargs: Any) -> Any:
-    """`cls.from_pretrained(source, revision=...)` as the recorded stage loaded it.
+                  **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """`cls.from_pretrained(source, revision=...)` as the recorded stage loaded it: (model, what the load
+    chose: `attn_implementation`, and `embedding_resize` as (rows, resized rows, tokenizer size) or None),
+    which the caller records in the plan (runner.stages.kit.load_recorded).
 
     In the plan's precision (bf16 where recorded, unless --precision changed it), with SDPA or
-    flash-attention 2 (the choice is kept in plan.extra["attn_implementation"]), gradient checkpointing
+    flash-attention 2, gradient checkpointing
     as recorded, and for Tülu open-instruct's embedding resize: when the tokenizer (with its added
     `<pad>`) outgrows the embedding matrix, resize to a multiple of 8. open-instruct ran transformers
     4.43, whose resize initialised the new rows with the model's own init (normal, initializer_range),
     not the mean of the old rows that later versions default to, hence mean_resizing=False; the
     draw is seeded so reruns agree."""
-    from runner import plan as plans
-
     device = plan.extra.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[plan.hp("precision") or "fp32"]
     attn = attention_implementation(device)
-    plans.record_attention(plan, attn)
+    facts: dict[str, Any] = {"attn_implementation": attn, "embedding_resize": None}
     model = cls.from_pretrained(source, revision=revision, torch_dtype=dtype, attn_implementation=attn, **kwargs)
     if plan.family == "tulu3" and tokenizer is not None:
         rows = model.get_input_embeddings().weight.shape[0]
@@ -274,14 +274,14 @@ def recorded_load(cls: Any, source: str | Path, plan: Any, tokenizer: Any = None
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(plan.seed)
                 model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8, mean_resizing=False)
-            plans.record_embedding_resize(plan, rows, model.get_input_embeddings().weight.shape[0], len(tokenizer))
+            facts["embedding_resize"] = (rows, model.get_input_embeddings().weight.shape[0], len(tokenizer))
     if plan.hp("gradient_checkpointing"):
         # transformers 5 renamed the switch; the older name still works there with a warning
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         model.config.use_cache = False  # what the HF Trainer and open-instruct set beside checkpointing
     if device != "cpu":
         model.to(device)
-    return model
+    return model, facts
 
 
 def hardware_bf16() -> bool:

@@ -402,7 +402,7 @@ def apply_recorded_options(plan: RunPlan, registry: Registry, hub_mirror: Path |
             plan.deviate("gradient_accumulation_steps", plan.recorded.get("gradient_accumulation_steps"), ga,
                          "one process accumulates what the recorded processes computed (same effective batch)")
     mirror = hub.mirror_root(hub_mirror)
-    hub.attach_sources(plan, registry, mirror, public_stand_in)
+    use_data_sources(plan, *hub.data_sources(plan, registry, mirror, public_stand_in))
     if mirror is not None:
         plan.extra["hub_mirror"] = str(mirror)
     return mirror
@@ -485,7 +485,7 @@ def attach_inputs(plan: RunPlan, inputs: dict[str, dict[str, Any]]) -> None:
 
 
 def use_data_sources(plan: RunPlan, entries: list[dict[str, Any]], stood_in_for: list[str] | None = None) -> None:
-    """The recorded profile's datasets with their sources named (runner.data.hub.attach_sources): Hub id,
+    """The recorded profile's datasets with their sources named (runner.data.hub.data_sources): Hub id,
     config, row schema, mirror folder. `stood_in_for` (the recorded training sets) says --public-stand-in
     replaced internal sets; a mirror folder that cannot prove its revision is a deviation of that dataset."""
     if stood_in_for is not None:

@@ -184,7 +184,8 @@ def test_register_in_db_records_checkpoint_and_lineage(folder, db_url):
     from sqlalchemy import func, select
 
     from registry.db import session_scope
-    from registry.hashing import dvc_hash, verify_edges
+    from registry.hashing import dvc_hash
+    from registry.lineage import verify_edges
     from registry.models import CheckpointRow, LineageEdgeRow
     from registry.queries import reachable
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import ReproError
-from runner.data.ground_truth import check_ground_truth  # the stages call it through this module too
 
 if TYPE_CHECKING:
     from registry.recipes import Registry
@@ -121,12 +120,12 @@ def mirror_entry(root: Path, hub_id: str, revision: str | None, what: str) -> di
     return out
 
 
-def attach_sources(plan: RunPlan, registry: Registry, mirror: Path | None, stand_in: bool = False) -> None:
-    """Name the source of every dataset of a recorded-profile plan (in place): its Hub id, config and row
-    schema, and the mirror folder when one is given. Internal sets are marked (preflight refuses them) or,
-    with `stand_in`, replaced by their public stand-in, recorded as a deviation."""
-    if plan.profile != "recorded":
-        return
+def data_sources(plan: RunPlan, registry: Registry, mirror: Path | None,
+                 stand_in: bool = False) -> tuple[list[dict[str, Any]], list[str] | None]:
+    """The source of every dataset of a recorded-profile plan: its Hub id, config and row schema, and the
+    mirror folder when one is given. Internal sets are marked (preflight refuses them) or, with `stand_in`,
+    replaced by their public stand-in. Returns (entries, the recorded training sets when a stand-in
+    replaced them, else None) for runner.plan.use_data_sources; the plan itself is not changed here."""
     recorded_names = [d["dataset"] for d in plan.datasets if d["role"] == "train"]
     swapped: list[str] = []
     entries: list[dict[str, Any]] = []
@@ -152,9 +151,7 @@ def attach_sources(plan: RunPlan, registry: Registry, mirror: Path | None, stand
                       "schema": ROW_SCHEMA.get(entry["dataset"], info.schema_)})
         if mirror is not None and info.hub_id and not entry.get("internal"):
             entry.update(mirror_entry(mirror, info.hub_id, entry.get("revision"), "dataset"))
-    from runner.plan import use_data_sources
-
-    use_data_sources(plan, entries, recorded_names if swapped else None)
+    return entries, (recorded_names if swapped else None)
 
 
 def stand_in_for(registry: Registry, plan: RunPlan, name: str) -> str | None:
@@ -183,6 +180,23 @@ def label(entry: dict[str, Any]) -> str:
     rev = entry.get("revision") or "unpinned"
     return f"{entry['dataset']}@{rev}" + (f" config {entry['config']}" if entry.get("config") else "") + \
         f" split {entry.get('split') or 'train'}"
+
+
+def check_ground_truth(entry: dict[str, Any], index: int, row: dict[str, Any]) -> None:
+    """The one ground-truth check of RLVR rows, shared by the preflight (before anything is written) and the
+    RLVR stage (which reads its prompts again, also in launched processes and resumed runs, where no preflight
+    ran): refuse row `index` (1-based) of the data source `entry` when its ground truth cannot be scored.
+
+    An unknown verifier task raises ValueError in runner.verifiers; here it is bad data like any other, so
+    both callers stop with the same one-line message (exit 2) instead of one of them crashing."""
+    from runner import verifiers
+
+    try:
+        problem = verifiers.validate_ground_truth(row["dataset"], row["ground_truth"])
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        raise DataError(f"{label(entry)} row {index}: malformed ground truth: {problem}")
 
 
 def _fix_hint(entry: dict[str, Any]) -> str:

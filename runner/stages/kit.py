@@ -107,15 +107,26 @@ def load_causal_lm(path: Path | str, plan: RunPlan | None = None, tokenizer: Any
     (Tülu) embedding resize of the recording (runner/models.recorded_load)."""
     from transformers import AutoModelForCausalLM
 
-    from runner.models import disable_dropout, recorded_load
+    from runner.models import disable_dropout
 
     if plan is None or plan.profile != "recorded":
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
-        disable_dropout(model)
-        return model
-
-    model = recorded_load(AutoModelForCausalLM, path, plan, tokenizer=tokenizer, revision=revision)
+    else:
+        model = load_recorded(AutoModelForCausalLM, path, plan, tokenizer, revision)
     disable_dropout(model)
+    return model
+
+
+def load_recorded(cls: Any, path: Path | str, plan: RunPlan, tokenizer: Any, revision: str | None,
+                  **kwargs: Any) -> Any:
+    """runner.models.recorded_load, with what it chose (attention kernel, Tülu's embedding resize) recorded
+    in the plan."""
+    from runner.models import recorded_load
+
+    model, facts = recorded_load(cls, path, plan, tokenizer=tokenizer, revision=revision, **kwargs)
+    plans.record_attention(plan, facts["attn_implementation"])
+    if facts["embedding_resize"] is not None:
+        plans.record_embedding_resize(plan, *facts["embedding_resize"])
     return model
 
 

@@ -27,6 +27,7 @@ from runner.stages.kit import (
     StageContext,
     build_trainer,
     input_path,
+    load_recorded,
     load_rows,
     model_source,
     on_device,
@@ -43,15 +44,13 @@ EVAL_ROWS = 100  # reward_modeling.py truncates its eval set to sanity_check_max
 def load_reward_model(path, seed: int, plan=None, tokenizer=None, revision: str | None = None):
     from transformers import AutoModelForSequenceClassification
 
-    if plan is not None and plan.profile == "recorded":
-        from runner.models import recorded_load
+    from runner.models import disable_dropout
 
-        model = recorded_load(AutoModelForSequenceClassification, path, plan, tokenizer, revision, num_labels=1)
+    if plan is not None and plan.profile == "recorded":
+        model = load_recorded(AutoModelForSequenceClassification, path, plan, tokenizer, revision, num_labels=1)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, torch_dtype=torch.float32)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    disable_dropout(model)
     gen = torch.Generator().manual_seed(seed)
     std = 1 / math.sqrt(model.config.hidden_size + 1)
     weight = model.score.weight

@@ -164,11 +164,11 @@ def test_internal_dataset_is_refused_with_its_public_stand_in(cli, isolated_home
 
 def test_public_stand_in_is_a_recorded_deviation(tmp_path):
     from registry.recipes import load_recipes
-    from runner.plan import resolve
+    from runner.plan import resolve, use_data_sources
 
     reg = load_recipes()
     plan = resolve(reg, "tulu3-405b", "dpo", "recorded")
-    hub.attach_sources(plan, reg, None, stand_in=True)
+    use_data_sources(plan, *hub.data_sources(plan, reg, None, stand_in=True))
     train = [d for d in plan.datasets if d["role"] == "train"]
     assert [d["dataset"] for d in train] == ["allenai/llama-3.1-tulu-3-405b-preference-mixture"]
     assert train[0]["stands_in_for"] == "ai2-adapt-dev/405b_preference_mix"
