@@ -80,6 +80,7 @@ def run_cmd(
 
     reg = registry()
     reg.stage(recipe, stage)
+    resuming = resume or resume_run is not None
     if emit_script is not None:
         from runner import emit_script as emit
 
@@ -109,7 +110,7 @@ def run_cmd(
         if launcher != "accelerate":
             raise ReproError(f"--deepspeed {deepspeed} needs --launcher accelerate (the local launcher runs one "
                              "process without DeepSpeed)")
-        if resume or resume_run is not None:
+        if resuming:
             from runner.launched import DEEPSPEED_NO_RESUME
 
             raise ReproError(DEEPSPEED_NO_RESUME)
@@ -132,7 +133,7 @@ def run_cmd(
             from runner.launch import check_nodes
 
             check_nodes(plan, node_spec)
-        if resume or resume_run is not None:
+        if resuming:
             from runner.launched import recorded_resume_blocker
 
             blocker = recorded_resume_blocker(plan, node_spec)  # DeepSpeed, Ray, several nodes
@@ -164,7 +165,7 @@ def run_cmd(
     from runner.execute import execute, find_resumable, preflight, resolve_inputs
 
     resume_record = None
-    if resume or resume_run is not None:
+    if resuming:
         from runner.launched import check_launched_resume
 
         resume_record = find_resumable(recipe, stage, profile, resume_run)
